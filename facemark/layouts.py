@@ -44,6 +44,7 @@ class Layout:
         inter_pupil: two tuples of points; the distance between their centroids is the
             inter-pupil normaliser (one point each where the layout has pupil landmarks).
         closed_groups: groups drawn as closed loops (eyes, lips).
+        point_groups: groups drawn as separate points, without edges (pupils).
         point_names: one name per point.
     """
 
@@ -54,6 +55,7 @@ class Layout:
     inter_ocular: tuple[int, int]
     inter_pupil: tuple[tuple[int, ...], tuple[int, ...]]
     closed_groups: tuple[str, ...] = ()
+    point_groups: tuple[str, ...] = ()
     point_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -83,9 +85,10 @@ class Layout:
             raise ValueError(f"{where}: inter_ocular must be two point indices, got {self.inter_ocular!r}")
         if len(self.inter_pupil) != 2:
             raise ValueError(f"{where}: inter_pupil must be two lists of point indices, got {self.inter_pupil!r}")
-        unknown = [g for g in self.closed_groups if g not in self.groups]
-        if unknown:
-            raise ValueError(f"{where}: closed_groups names unknown groups {unknown}")
+        for key in ("closed_groups", "point_groups"):
+            unknown = [g for g in getattr(self, key) if g not in self.groups]
+            if unknown:
+                raise ValueError(f"{where}: {key} names unknown groups {unknown}")
         if self.point_names and len(self.point_names) != num_points:
             raise ValueError(f"{where}: point_names has {len(self.point_names)} names, expected {num_points}")
 
@@ -123,6 +126,8 @@ class Layout:
         """Point pairs to draw: consecutive points of each group, closing the closed groups."""
         edges: list[tuple[int, int]] = []
         for group, indices in self.groups.items():
+            if group in self.point_groups:
+                continue
             edges.extend(zip(indices[:-1], indices[1:]))
             if group in self.closed_groups and len(indices) > 2:
                 edges.append((indices[-1], indices[0]))
@@ -145,6 +150,7 @@ class Layout:
             "inter_ocular": list(self.inter_ocular),
             "inter_pupil": [list(p) for p in self.inter_pupil],
             "closed_groups": list(self.closed_groups),
+            "point_groups": list(self.point_groups),
             "point_names": list(self.point_names),
         }
 
@@ -153,13 +159,13 @@ class Layout:
         """Build a layout from :meth:`to_dict`'s form or a YAML file's mapping.
 
         Required keys: ``name``, ``num_points``, ``flip_permutation``, ``inter_ocular``,
-        ``inter_pupil``; optional: ``groups``, ``closed_groups``, ``point_names``.
+        ``inter_pupil``; optional: ``groups``, ``closed_groups``, ``point_groups``, ``point_names``.
         ``inter_pupil`` may be two indices (pupil landmarks) or two lists (centroids).
         """
         if not isinstance(spec, Mapping):
             raise ValueError(f"{source}: expected a mapping of layout keys, got {type(spec).__name__}")
         required = ("name", "num_points", "flip_permutation", "inter_ocular", "inter_pupil")
-        allowed = set(required) | {"groups", "closed_groups", "point_names"}
+        allowed = set(required) | {"groups", "closed_groups", "point_groups", "point_names"}
         missing = [k for k in required if k not in spec]
         if missing:
             raise ValueError(f"{source}: missing key(s) {missing}; required keys are {list(required)}")
@@ -192,6 +198,7 @@ class Layout:
                 inter_ocular=indices("inter_ocular", spec["inter_ocular"]),  # type: ignore[arg-type]
                 inter_pupil=(indices("inter_pupil[0]", pupil[0]), indices("inter_pupil[1]", pupil[1])),
                 closed_groups=tuple(spec.get("closed_groups") or ()),
+                point_groups=tuple(spec.get("point_groups") or ()),
                 point_names=tuple(str(n) for n in (spec.get("point_names") or ())),
             )
         except ValueError as error:
@@ -246,6 +253,7 @@ WFLW98 = Layout(
     inter_ocular=(60, 72),
     inter_pupil=((96,), (97,)),
     closed_groups=("left_brow", "right_brow", "left_eye", "right_eye", "outer_lip", "inner_lip"),
+    point_groups=("pupils",),
     point_names=_names(_WFLW98_GROUPS, 98),
 )
 
@@ -325,6 +333,7 @@ COFW29 = Layout(
     inter_ocular=(8, 9),
     inter_pupil=((16,), (17,)),
     closed_groups=("left_brow", "right_brow", "left_eye", "right_eye", "nose", "outer_lip", "inner_lip"),
+    point_groups=("pupils", "chin"),
     point_names=_COFW29_NAMES,
 )
 

@@ -104,3 +104,8 @@ def test_unknown_layout_name():
     with pytest.raises(KeyError, match="wflw98"):
         get_layout("wflw99")
     assert "cofw29" in available_layouts()
+
+
+def test_pupils_are_drawn_as_points_not_joined():
+    assert (96, 97) not in WFLW98.edges and (16, 17) not in COFW29.edges
+    assert (60, 61) in WFLW98.edges and (67, 60) in WFLW98.edges  # the eye is a closed loop
