@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 __all__ = ["main", "build_parser"]
@@ -46,8 +47,51 @@ def _add_layouts(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespac
     return run
 
 
+# --- facemark synth ---------------------------------------------------------------------------
+def _add_synth(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    parser.add_argument("--out", type=Path, help="folder to write the dataset to (created)")
+    parser.add_argument("--train", type=int, default=1000, help="training images (default: 1000)")
+    parser.add_argument("--test", type=int, default=250, help="test images (default: 250)")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed; same seed, same files (default: 0)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
+    parser.add_argument(
+        "--format",
+        choices=("wflw", "300w", "cofw"),
+        default="wflw",
+        help="native release format to write: wflw (98 points, default), 300w (68), cofw (29, plus COFW68 test labels)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="rendering processes (default: 1)")
+    parser.add_argument("--preview", type=Path, metavar="FILE.png", help="write a contact sheet of 16 samples with landmarks drawn")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.out is None and args.preview is None:
+            raise CommandError("nothing to do: give --out DIR (write a dataset) and/or --preview FILE.png")
+        for name in ("train", "test", "workers", "size"):
+            if getattr(args, name) < (1 if name in ("workers", "size") else 0):
+                raise CommandError(f"--{name} must be {'>= 1' if name in ('workers', 'size') else '>= 0'}, got {getattr(args, name)}")
+        from facemark.data.synthface import generate_dataset, write_preview
+
+        try:
+            if args.out is not None:
+                summary = generate_dataset(
+                    args.out, args.train, args.test, seed=args.seed, size=args.size,
+                    format=args.format, workers=args.workers, progress=not args.no_progress,
+                )
+                counts = ", ".join(f"{split} {info['images']}" for split, info in summary["splits"].items())
+                print(f"wrote a SynthFace dataset in {args.format} format to {args.out} ({counts} images)")
+            if args.preview is not None:
+                print(f"wrote preview {write_preview(args.preview, num=16, seed=args.seed, size=args.size)}")
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        return 0
+
+    return run
+
+
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]]] = {
     "layouts": ("list the landmark layouts or describe one", _add_layouts),
+    "synth": ("generate a SynthFace dataset in a benchmark's native format, or a preview sheet", _add_synth),
 }
 
 
