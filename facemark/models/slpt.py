@@ -1,0 +1,551 @@
+"""SLPT: Sparse Local Patch Transformer (Xia et al., CVPR 2022), written for facemark.
+
+Pipeline (paper Sec. 3, Fig. 2; released details in ``shared/facts/slpt.md``)::
+
+    image (B,3,256,256) -> backbone -> feature map F (B,256,64,64)
+    landmarks S_0 = mean face                                        (Sec. 3.2)
+    for stage s = 1..num_stages (weights shared by all stages):      (Algorithm 1)
+        box of landmark i = clamp(S_{s-1,i} -/+ h_s, 0, 1)            (h_1 = patch/2, halved per stage)
+        patch_i = K x K bilinear samples of F on the box (positions detached)
+        R_i = patch_embedding(patch_i)                                (one KxK conv -> 256-d token)
+        T = 0; for each inherent relation layer (pre-norm):           (eqs. 1-4)
+            T += MSA(LN(T) + Q, LN(T));  T += MCA(LN(T) + Q, R + P, R);  T += FFN(LN(T))
+        t = prediction_head(final_norm(T)) for EVERY layer           (intermediate supervision)
+        S_s = box_min + box_size * t                                  (eq. 7)
+        next stage starts from the last layer of S_s, detached
+
+Coordinates are normalised crop coordinates (x / S, y / S) throughout. The model returns
+:class:`SLPTOutput` with ``.stages`` (one (B, L, N, 2) tensor per stage) and ``.landmarks``.
+
+The attention runs on :func:`torch.nn.functional.scaled_dot_product_attention` while keeping
+``nn.MultiheadAttention``'s parameter layout (packed ``in_proj_weight``), so the authors'
+checkpoints load (see :mod:`facemark.models.official_slpt`). Module names say what things are;
+the explicit name map to the release is in that module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facemark.models.hrnet import hrnet_w18c, hrnet_w18c_lite
+
+__all__ = [
+    "SLPTConfig",
+    "SLPTOutput",
+    "SLPT",
+    "build_slpt",
+    "MultiheadAttention",
+    "InherentRelationLayer",
+    "ResNetMultiScaleFusion",
+    "resnet34_fused",
+    "MobileNetV2MultiScaleFusion",
+    "mobilenet_v2_fused",
+    "BACKBONES",
+    "sample_local_patches",
+    "slpt_loss",
+    "stage_nme",
+    "RELEASE_STAGE_WEIGHTS",
+    "compute_mean_face",
+    "load_official_mean_face",
+]
+
+RELEASE_STAGE_WEIGHTS = (0.2, 0.3, 0.5)  # stage weights of the authors' training code, 3 stages
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration and output
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SLPTConfig:
+    """Every architectural switch of SLPT; defaults = the released WFLW model.
+
+    Attributes:
+        num_points: N landmarks (any N >= 2).
+        num_stages: coarse-to-fine stages (paper Table 5: 1..4; release 3).
+        num_layers: inherent relation layers L (release 6 or 12).
+        patch_samples: K, samples per axis of each local patch (paper: 7).
+        initial_patch_size: side of the stage-1 patch as a fraction of the crop side (Algorithm 1:
+            W/4 = 0.25, i.e. 16 feature pixels of 64); the side halves at every stage.
+        embed_dim, num_heads, feedforward_dim: token width d, heads H, FFN hidden width.
+        dropout: dropout of attention weights, residual branches and FFN (release 0.1).
+        use_self_attention: MSA block on/off (Table 6).
+        use_cross_attention: MCA block on/off (Table 6). Without it the patch representations
+            are no longer reached through attention; as Sec. 4.5 says, "we utilize the landmark
+            representations as the queries input": the first layer's input T starts at R (+ P with
+            structure encoding) instead of zeros.
+        use_structure_encoding: learnable P added to the representations R (Table 7).
+        backbone: key of :data:`BACKBONES` ("hrnet_w18c_lite", "hrnet_w18c", "resnet34",
+            "mobilenet_v2": a light CPU backbone, 128 channels).
+        keep_unused_feature_norm: the release holds a LayerNorm ``feature_norm`` that its forward
+            never uses (512 parameters, counted in the paper's 13.19 M). Kept (frozen) by default so
+            parameter counts and checkpoints match exactly.
+    """
+
+    num_points: int = 98
+    num_stages: int = 3
+    num_layers: int = 6
+    patch_samples: int = 7
+    initial_patch_size: float = 0.25
+    embed_dim: int = 256
+    num_heads: int = 8
+    feedforward_dim: int = 1024
+    dropout: float = 0.1
+    use_self_attention: bool = True
+    use_cross_attention: bool = True
+    use_structure_encoding: bool = True
+    backbone: str = "hrnet_w18c_lite"
+    keep_unused_feature_norm: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("num_points", self.num_points >= 2, ">= 2"),
+            ("num_stages", self.num_stages >= 1, ">= 1"),
+            ("num_layers", self.num_layers >= 1, ">= 1"),
+            ("patch_samples", self.patch_samples >= 2, ">= 2"),
+            ("initial_patch_size", 0 < self.initial_patch_size <= 2, "in (0, 2]"),
+            ("embed_dim", self.embed_dim >= 1 and self.embed_dim % self.num_heads == 0,
+             f"a positive multiple of num_heads={self.num_heads}"),
+            ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+            ("backbone", self.backbone in BACKBONES, f"one of {sorted(BACKBONES)}"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"SLPTConfig.{name} = {getattr(self, name)!r}; expected {expected}")
+
+
+@dataclass
+class SLPTOutput:
+    """``stages``: one (B, L, N, 2) tensor per stage (every layer's prediction, normalised crop
+    coordinates); ``landmarks``: (B, N, 2) = last stage, last layer."""
+
+    stages: list[torch.Tensor]
+    landmarks: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.landmarks = self.stages[-1][:, -1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Backbones: each maps (B, 3, S, S) to one (B, C, S/4, S/4) map and has ``.out_channels``.
+# ------------------------------------------------------------------------------------------------
+class ResNetMultiScaleFusion(nn.Module):
+    """ResNet34 C2..C5 fused into one stride-4 map (the paper's ResNet34 variant, Sec. 4.3).
+
+    The paper only says that representations are extracted "from the output feature maps of
+    stages C2 through C5" (its Appendix A.1 is not available to us), so this is our design: the
+    HRNetV2 landmark head of the HRNet variant applied to the ResNet stages -- C3, C4, C5
+    upsampled to C2's resolution (bilinear, align_corners=False), concatenated with C2
+    (64 + 128 + 256 + 512 = 960 channels), 1x1 conv + BN + ReLU to ``out_channels``, 1x1 conv
+    (with bias). Output (B, out_channels, S/4, S/4), like HRNetW18C-lite's.
+    """
+
+    def __init__(self, out_channels: int = 256, bn_momentum: float = 0.01):
+        super().__init__()
+        from facemark.models.resnet import resnet34  # the SDFL engineer's ResNet; imported on use
+
+        self.resnet = resnet34(bn_momentum=bn_momentum)
+        self.out_channels = out_channels
+        concatenated = sum(self.resnet.out_channels)
+        self.head = nn.Sequential(
+            nn.Conv2d(concatenated, out_channels, 1),
+            nn.BatchNorm2d(out_channels, momentum=bn_momentum),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.resnet(x)  # [C2, C3, C4, C5] at strides 4, 8, 16, 32
+        size = features[0].shape[-2:]
+        upsampled = [features[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                                     for f in features[1:]]
+        return self.head(torch.cat(upsampled, dim=1))
+
+
+def resnet34_fused(out_channels: int = 256) -> ResNetMultiScaleFusion:
+    """ResNet34 backbone of the paper's SLPT-ResNet34 rows: C2..C5 fused to a stride-4 map."""
+    return ResNetMultiScaleFusion(out_channels=out_channels)
+
+
+class MobileNetV2MultiScaleFusion(nn.Module):
+    """A light backbone for CPU presets (facemark's own, not in the paper): MobileNetV2 C2..C4
+    fused into one stride-4 map, as :class:`ResNetMultiScaleFusion` fuses ResNet stages.
+
+    Only the MobileNetV2 blocks up to stride 16 run (24 + 32 + 96 = 152 channels at strides 4,
+    8, 16; the stride-32 blocks and the 1280-channel conv are dropped: a landmark patch needs
+    local detail more than image-level context, and they would be ~half the compute). C3 and C4
+    are upsampled to C2's resolution (bilinear), concatenated with C2, then 1x1 conv + BN + ReLU
+    and a 1x1 conv (with bias) to ``out_channels``. Output (B, out_channels, S/4, S/4).
+
+    ``out_channels`` defaults to 128, not 256: the patch embedding costs N x C x K^2 x d
+    multiply-adds per stage (98 x 256 x 49 x 256 = 315 M at C = d = 256, more than the whole
+    trunk at a 128 crop), so the light preset narrows both C and d.
+    """
+
+    def __init__(self, out_channels: int = 128, width_mult: float = 1.0, bn_momentum: float = 0.1):
+        super().__init__()
+        from facemark.models.mobilenet import mobilenet_v2
+
+        trunk = mobilenet_v2(width_mult=width_mult, bn_momentum=bn_momentum)
+        last_tap = trunk._tap_indices[2]  # the last block at stride 16
+        self.blocks = trunk.features[: last_tap + 1]
+        self.tap_indices = tuple(trunk._tap_indices[:3])
+        self.out_channels = out_channels
+        concatenated = sum(trunk.out_channels[:3])
+        self.head = nn.Sequential(
+            nn.Conv2d(concatenated, out_channels, 1),
+            nn.BatchNorm2d(out_channels, momentum=bn_momentum),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in self.tap_indices:
+                features.append(x)  # C2, C3, C4 at strides 4, 8, 16
+        size = features[0].shape[-2:]
+        upsampled = [features[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                                     for f in features[1:]]
+        return self.head(torch.cat(upsampled, dim=1))
+
+
+def mobilenet_v2_fused(out_channels: int = 128) -> MobileNetV2MultiScaleFusion:
+    """MobileNetV2 (width 1.0) C2..C4 fused to a 128-channel stride-4 map: the light CPU backbone
+    of facemark's fast SLPT preset (``configs/synthface_slpt_fast.yaml``)."""
+    return MobileNetV2MultiScaleFusion(out_channels=out_channels)
+
+
+BACKBONES: dict[str, Callable[[], nn.Module]] = {
+    "hrnet_w18c_lite": hrnet_w18c_lite,
+    "hrnet_w18c": hrnet_w18c,
+    "resnet34": resnet34_fused,
+    "mobilenet_v2": mobilenet_v2_fused,
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Sparse local patches
+# ------------------------------------------------------------------------------------------------
+def sample_local_patches(feature_map: torch.Tensor, centres: torch.Tensor, half_size: float,
+                         num_samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crop one K x K patch per landmark from ``feature_map`` by bilinear sampling.
+
+    The box of landmark i is ``clamp(centre - half_size, 0, 1) .. clamp(centre + half_size, 0, 1)``
+    per axis (clamped at the border, not shifted: border patches are smaller, as released); the K
+    samples per axis lie at ``linspace(box_min, box_max, K)``; a position q in [0, 1] is read at
+    feature pixel ``q * (size - 1)`` with bilinear interpolation, i.e. ``grid_sample`` with
+    ``align_corners=True`` and border padding. Positions are detached (paper: no gradient flows
+    to the coordinates through the crop).
+
+    Args:
+        feature_map: (B, C, H, W).
+        centres: (B, N, 2) landmark (x, y) in normalised crop coordinates.
+        half_size: half the patch side, normalised (stage 1 of the release: 8 / 64).
+        num_samples: K.
+
+    Returns:
+        patches (B, C, N, K, K) with rows = y samples and columns = x samples, and the boxes'
+        ``box_min`` and ``box_size`` (B, N, 2) for eq. 7.
+    """
+    batch, channels = feature_map.shape[:2]
+    num_points = centres.shape[1]
+    centres = centres.detach()
+    box_min = (centres - half_size).clamp(0.0, 1.0)
+    box_size = (centres + half_size).clamp(0.0, 1.0) - box_min
+    steps = torch.linspace(0.0, 1.0, num_samples, device=centres.device, dtype=centres.dtype)
+    samples = box_min.unsqueeze(-2) + box_size.unsqueeze(-2) * steps[:, None]  # (B, N, K, 2)
+    x = samples[..., 0].unsqueeze(-2).expand(batch, num_points, num_samples, num_samples)  # [.., row, col] = x_col
+    y = samples[..., 1].unsqueeze(-1).expand(batch, num_points, num_samples, num_samples)  # [.., row, col] = y_row
+    grid = torch.stack((x, y), dim=-1) * 2.0 - 1.0  # grid_sample wants [-1, 1]
+    grid = grid.reshape(batch, num_points * num_samples, num_samples, 2).to(feature_map.dtype)
+    patches = F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return patches.view(batch, channels, num_points, num_samples, num_samples), box_min, box_size
+
+
+# ------------------------------------------------------------------------------------------------
+# Inherent relation layers
+# ------------------------------------------------------------------------------------------------
+class MultiheadAttention(nn.Module):
+    """Multi-head attention with ``nn.MultiheadAttention``'s parameters (packed ``in_proj_weight``
+    = [W_q; W_k; W_v], ``in_proj_bias``, ``out_proj``) computed with ``scaled_dot_product_attention``.
+    Inputs are batch-first (B, length, embed_dim). ``dropout`` acts on the attention weights."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, -1).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+        """``key=None`` means key == query (self-attention): q and k are projected in one matmul."""
+        d = self.embed_dim
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        if key is None:
+            q, k = F.linear(query, weight[: 2 * d], bias[: 2 * d]).chunk(2, dim=-1)
+        else:
+            q = F.linear(query, weight[:d], bias[:d])
+            k = F.linear(key, weight[d: 2 * d], bias[d: 2 * d])
+        v = F.linear(value, weight[2 * d:], bias[2 * d:])
+        attended = F.scaled_dot_product_attention(
+            self._split_heads(q), self._split_heads(k), self._split_heads(v),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        batch, _, length, _ = attended.shape
+        return self.out_proj(attended.transpose(1, 2).reshape(batch, length, d))
+
+
+class InherentRelationLayer(nn.Module):
+    """One pre-norm inherent relation layer: MSA, MCA, FFN, each behind a LayerNorm (Sec. 3.1).
+
+    ``T += drop(MSA(q = k = LN(T) + Q, v = LN(T)))``          (eqs. 1-2)
+    ``T += drop(MCA(q = LN(T) + Q, k = R + P, v = R))``       (eqs. 3-4)
+    ``T += drop(FFN(LN(T)))``, FFN = Linear -> ReLU -> dropout -> Linear.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, feedforward_dim: int, dropout: float,
+                 use_self_attention: bool = True, use_cross_attention: bool = True):
+        super().__init__()
+        self.norm_before_self_attention = nn.LayerNorm(embed_dim) if use_self_attention else None
+        self.self_attention = MultiheadAttention(embed_dim, num_heads, dropout) if use_self_attention else None
+        self.norm_before_cross_attention = nn.LayerNorm(embed_dim) if use_cross_attention else None
+        self.cross_attention = MultiheadAttention(embed_dim, num_heads, dropout) if use_cross_attention else None
+        self.norm_before_feedforward = nn.LayerNorm(embed_dim)
+        self.feedforward_hidden = nn.Linear(embed_dim, feedforward_dim)
+        self.feedforward_output = nn.Linear(feedforward_dim, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, content: torch.Tensor, queries: torch.Tensor | None, memory_keys: torch.Tensor | None,
+                memory_values: torch.Tensor | None) -> torch.Tensor:
+        """content T (B, N, d); queries Q (1, N, d); memory keys R + P and values R (B, N, d)."""
+        if self.self_attention is not None:
+            normed = self.norm_before_self_attention(content)
+            content = content + self.dropout(self.self_attention(normed + queries, None, normed))
+        if self.cross_attention is not None:
+            normed = self.norm_before_cross_attention(content)
+            content = content + self.dropout(self.cross_attention(normed + queries, memory_keys, memory_values))
+        normed = self.norm_before_feedforward(content)
+        hidden = self.dropout(F.relu(self.feedforward_hidden(normed)))
+        return content + self.dropout(self.feedforward_output(hidden))
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+# ------------------------------------------------------------------------------------------------
+class SLPT(nn.Module):
+    """Sparse Local Patch Transformer with a coarse-to-fine loop (use :func:`build_slpt`).
+
+    Args:
+        config: the architecture.
+        mean_face: (N, 2) initial landmarks S_0 in normalised crop coordinates; stored as the
+            ``mean_face`` buffer (saved in facemark checkpoints).
+        channels_last: run the backbone on channels-last (NHWC) tensors (also settable later:
+            ``model.channels_last = True``). A speed setting, not part of the architecture: on CPU
+            the HRNet runs markedly faster, but oneDNN then sums the convolutions in another order,
+            so float32 results move by rounding (measured 0.8-1.9e-5 in normalised coordinates,
+            < 0.005 px at 256, vs 1e-6 in NCHW). Off by default so that outputs agree with NCHW
+            code such as the authors' to < 1e-5.
+    """
+
+    def __init__(self, config: SLPTConfig, mean_face: torch.Tensor | np.ndarray, channels_last: bool = False):
+        super().__init__()
+        self.config = config
+        self.channels_last = channels_last
+        mean_face = torch.as_tensor(np.asarray(mean_face, dtype=np.float32))
+        if mean_face.shape != (config.num_points, 2):
+            raise ValueError(f"mean_face has shape {tuple(mean_face.shape)}; expected ({config.num_points}, 2)")
+        if not torch.isfinite(mean_face).all():
+            raise ValueError("mean_face holds non-finite values")
+        self.register_buffer("mean_face", mean_face)
+
+        d = config.embed_dim
+        self.backbone = BACKBONES[config.backbone]()
+        # One KxK conv over each KxK patch = a linear map of the flattened patch to a d-dim token.
+        self.patch_embedding = nn.Conv2d(self.backbone.out_channels, d, config.patch_samples, bias=False)
+        if config.keep_unused_feature_norm:
+            # Present in the release, never used by its forward: frozen, kept only so parameter
+            # counts and checkpoints match (see SLPTConfig.keep_unused_feature_norm).
+            self.unused_feature_norm = nn.LayerNorm(d).requires_grad_(False)
+        queries_used = config.use_self_attention or config.use_cross_attention
+        self.landmark_queries = nn.Parameter(torch.empty(1, config.num_points, d)) if queries_used else None
+        self.structure_encoding = (nn.Parameter(torch.empty(1, config.num_points, d))
+                                   if config.use_structure_encoding else None)
+        self.layers = nn.ModuleList(
+            InherentRelationLayer(d, config.num_heads, config.feedforward_dim, config.dropout,
+                                  config.use_self_attention, config.use_cross_attention)
+            for _ in range(config.num_layers)
+        )
+        self.final_norm = nn.LayerNorm(d)  # shared by every layer's output (prediction head's LN)
+        self.prediction_head = nn.Linear(d, 2)  # local position t in the patch (eq. 7)
+        self._reset_head_parameters()
+
+    def _reset_head_parameters(self) -> None:
+        """Release init of the non-backbone part: xavier_uniform on every weight with dim > 1
+        (queries and structure encoding included)."""
+        for name, parameter in self.named_parameters():
+            if not name.startswith("backbone.") and parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+
+    def stage_half_sizes(self) -> list[float]:
+        """Half patch side per stage (release: 8/64, 4/64, 2/64): halved at every stage."""
+        return [self.config.initial_patch_size / 2 / 2 ** stage for stage in range(self.config.num_stages)]
+
+    def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, C, N, K, K) patches -> (B, N, d) tokens: the KxK conv as one matmul."""
+        batch, channels, num_points = patches.shape[:3]
+        flat = patches.permute(0, 2, 1, 3, 4).reshape(batch, num_points, -1)  # (B, N, C*K*K), conv order
+        return F.linear(flat, self.patch_embedding.weight.flatten(1))
+
+    def relate(self, representations: torch.Tensor) -> torch.Tensor:
+        """Inherent relation layers on the tokens R (B, N, d) -> normalised outputs (B, L, N, d)."""
+        keys = representations
+        if self.structure_encoding is not None:
+            keys = representations + self.structure_encoding
+        if self.config.use_cross_attention:
+            content = torch.zeros_like(representations)  # T^1 is a zero matrix (Sec. 3.1)
+        else:
+            content = keys  # Table 6 without MCA: the representations are the queries input
+        outputs = []
+        for layer in self.layers:
+            content = layer(content, self.landmark_queries, keys, representations)
+            outputs.append(content)
+        return self.final_norm(torch.stack(outputs, dim=1))  # the shared LN, applied to every layer's output
+
+    def refine(self, feature_map: torch.Tensor, landmarks: torch.Tensor, half_size: float) -> torch.Tensor:
+        """One coarse-to-fine stage: (B, N, 2) landmarks -> (B, L, N, 2), one prediction per layer."""
+        patches, box_min, box_size = sample_local_patches(feature_map, landmarks, half_size,
+                                                          self.config.patch_samples)
+        local = self.prediction_head(self.relate(self.embed_patches(patches)))  # (B, L, N, 2)
+        return box_min.unsqueeze(1) + box_size.unsqueeze(1) * local  # eq. 7
+
+    def forward(self, images: torch.Tensor) -> SLPTOutput:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"SLPT expects images of shape (B, 3, S, S), got {tuple(images.shape)}")
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        feature_map = self.backbone(images)
+        # grid_sample reads channels-last maps ~2x faster on CPU; the values are identical.
+        feature_map = feature_map.contiguous(memory_format=torch.channels_last)
+        landmarks = self.mean_face.to(feature_map.dtype).expand(images.shape[0], -1, -1)
+        stages = []
+        for half_size in self.stage_half_sizes():
+            stage = self.refine(feature_map, landmarks, half_size)
+            stages.append(stage)
+            landmarks = stage[:, -1].detach()  # the next stage starts from the last layer, detached
+        return SLPTOutput(stages)
+
+
+def build_slpt(config: SLPTConfig | None = None, mean_face: torch.Tensor | np.ndarray | None = None,
+               channels_last: bool = False) -> SLPT:
+    """Build SLPT. ``mean_face`` (N, 2) in normalised crop coordinates, e.g. from
+    :func:`compute_mean_face` on the training set; if omitted, the authors' mean face is used for
+    N = 98 or 68 (:func:`load_official_mean_face`), and any other N is an error."""
+    config = config or SLPTConfig()
+    if mean_face is None:
+        if config.num_points not in (98, 68):
+            raise ValueError(f"no default mean face for {config.num_points} points: pass mean_face "
+                             "(e.g. compute_mean_face(training_landmarks))")
+        mean_face = load_official_mean_face(config.num_points)
+    return SLPT(config, mean_face, channels_last=channels_last)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss (eq. 8) and per-stage error
+# ------------------------------------------------------------------------------------------------
+def _inter_ocular_distance(target: torch.Tensor, inter_ocular) -> torch.Tensor:
+    first, second = getattr(inter_ocular, "inter_ocular", inter_ocular)  # a Layout or two indices
+    distance = (target[:, first] - target[:, second]).norm(dim=-1)
+    if not torch.all(distance > 0):
+        bad = torch.nonzero(distance <= 0).flatten().tolist()
+        raise ValueError(f"ground-truth inter-ocular distance (points {first}, {second}) is 0 for samples {bad}")
+    return distance
+
+
+def slpt_loss(output: SLPTOutput, target: torch.Tensor, inter_ocular,
+              stage_weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Normalised L2 loss over all stages and all layers (eq. 8).
+
+    Per stage: mean over batch, layers and points of ``||pred - gt|| / d``, with d the ground-truth
+    distance between the layout's inter-ocular points; stages are summed with ``stage_weights``.
+
+    Args:
+        output: the model output.
+        target: (B, N, 2) ground truth in normalised crop coordinates.
+        inter_ocular: a :class:`facemark.layouts.Layout` or the two point indices (WFLW (60, 72),
+            300W (36, 45), COFW (8, 9)).
+        stage_weights: one weight per stage. ``None``: the release's (0.2, 0.3, 0.5) for 3 stages,
+            else uniform 1/S as in eq. 8.
+    """
+    num_stages = len(output.stages)
+    if stage_weights is None:
+        stage_weights = RELEASE_STAGE_WEIGHTS if num_stages == 3 else [1.0 / num_stages] * num_stages
+    if len(stage_weights) != num_stages:
+        raise ValueError(f"{len(stage_weights)} stage weights for {num_stages} stages")
+    if target.shape != output.landmarks.shape:
+        raise ValueError(f"target shape {tuple(target.shape)} != prediction shape {tuple(output.landmarks.shape)}")
+    distance = _inter_ocular_distance(target, inter_ocular)
+    loss = target.new_zeros(())
+    for weight, stage in zip(stage_weights, output.stages):
+        error = (stage - target.unsqueeze(1)).norm(dim=-1)  # (B, L, N)
+        loss = loss + weight * (error.mean(dim=(1, 2)) / distance).mean()
+    return loss
+
+
+@torch.no_grad()
+def stage_nme(output: SLPTOutput, target: torch.Tensor, inter_ocular) -> torch.Tensor:
+    """Mean inter-ocular NME (in crop space) of each stage's last layer: (num_stages,), for
+    monitoring that the stages improve (the benchmark NME is computed in the original image)."""
+    distance = _inter_ocular_distance(target, inter_ocular)
+    return torch.stack([((stage[:, -1] - target).norm(dim=-1).mean(dim=1) / distance).mean()
+                        for stage in output.stages])
+
+
+# ------------------------------------------------------------------------------------------------
+# Mean face
+# ------------------------------------------------------------------------------------------------
+def compute_mean_face(landmarks: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Mean face S_0 (Sec. 3.2) from training landmarks (M, N, 2) already in normalised crop
+    coordinates (e.g. the training crops' landmarks / crop size). Any layout, any N."""
+    landmarks = torch.as_tensor(np.asarray(landmarks, dtype=np.float64))
+    if landmarks.dim() != 3 or landmarks.shape[-1] != 2 or landmarks.shape[0] == 0:
+        raise ValueError(f"expected training landmarks of shape (M > 0, N, 2), got {tuple(landmarks.shape)}")
+    if not torch.isfinite(landmarks).all():
+        bad = torch.nonzero(~torch.isfinite(landmarks).all(dim=-1).all(dim=-1)).flatten().tolist()
+        raise ValueError(f"training landmarks of samples {bad[:10]} are not finite")
+    return landmarks.mean(dim=0).float()
+
+
+def load_official_mean_face(num_points: int) -> torch.Tensor:
+    """The authors' mean face for their 98- (WFLW) or 68-point (300W) checkpoints, (N, 2) in
+    normalised crop coordinates (the shipped file holds 256-pixel crop coordinates; / 256 as the
+    release does)."""
+    if num_points not in (98, 68):
+        raise ValueError(f"the authors released mean faces for 98 and 68 points, not {num_points}")
+    name = f"slpt_meanface_{num_points}.txt"
+    text = resources.files("facemark").joinpath("resources", name).read_text()
+    rows = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        values = line.split()
+        if len(values) != 2:
+            raise ValueError(f"facemark/resources/{name} line {line_number}: expected 'x y', got {line!r}")
+        rows.append([float(values[0]), float(values[1])])
+    if len(rows) != num_points:
+        raise ValueError(f"facemark/resources/{name}: {len(rows)} points, expected {num_points}")
+    return torch.tensor(rows, dtype=torch.float64).div(256.0).float()
