@@ -1,0 +1,178 @@
+"""Checkpoints: atomic writes, RNG state capture, and rebuilding a trained model from its file alone.
+
+A facemark checkpoint is a ``torch.save``'d dict::
+
+    format           "facemark-checkpoint", version 1
+    model            the model's state_dict (never DDP-wrapped: no "module." prefix)
+    optimizer, scheduler, scaler   their state_dicts (scaler None when AMP is off)
+    rng              python / numpy / torch / cuda generator states (:func:`capture_rng_state`)
+    epoch            number of COMPLETED epochs; global_step: optimisation steps done
+    best_metric, best_epoch        the selection metric (validation NME) so far
+    config           the TrainConfig as plain dict (:func:`facemark.engine.config.config_to_dict`)
+    model_spec       everything :func:`load_model` needs to rebuild the model stand-alone:
+                     method, backbone, options, layout (dict), statistics (mean face /
+                     neighbourhood as numpy arrays), crop convention (dict), image size
+
+Writes go to a temporary file in the same directory, are fsync'ed and then renamed over the
+target with ``os.replace``: a run killed mid-write leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from facemark.layouts import Layout
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+    "LoadedModel",
+    "load_model",
+]
+
+CHECKPOINT_FORMAT = "facemark-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file + fsync + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    # The temporary file must be in the same directory: os.replace is atomic only within a
+    # file system.
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    # Make the rename itself durable (POSIX; directories cannot be opened on Windows).
+    if hasattr(os, "O_DIRECTORY"):
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a facemark checkpoint; errors name the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        # Our checkpoints hold numpy arrays and plain Python besides tensors; they are files the
+        # user produced with facemark, so the full unpickler is used (never load untrusted files).
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # truncated or not a torch file
+        raise ValueError(f"checkpoint {path} could not be read ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a facemark checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path} has version {state.get('version')!r}; this facemark reads {CHECKPOINT_VERSION}")
+    return state
+
+
+# -- random number generators --------------------------------------------------------------------
+def capture_rng_state() -> dict:
+    """The states of every global RNG a training step may draw from."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states are restored when CUDA is available)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu() if isinstance(state["torch"], torch.Tensor) else state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+# -- rebuilding the model ------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """A trained model and what is needed to use it on new images.
+
+    Attributes:
+        model: the network in eval mode (the facemark model contract: ``model(images).landmarks``
+            in normalised crop coordinates).
+        layout: the landmark layout it predicts.
+        crop: the crop convention it was trained with (``facemark.data.transforms.CropConvention``).
+        method, backbone: what it is, e.g. ``"slpt"``, ``"hrnet_w18c_lite"``.
+        epoch: completed training epochs; best_metric: its validation NME at selection.
+        config: the training config as a plain dict.
+        path: the checkpoint file.
+    """
+
+    model: nn.Module
+    layout: Layout
+    crop: Any
+    method: str
+    backbone: str
+    epoch: int
+    best_metric: float | None
+    config: dict
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """A short human-readable name: method, backbone and checkpoint file."""
+        return f"{self.method} {self.backbone} ({self.path.name})"
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", methods: Mapping | None = None) -> LoadedModel:
+    """Rebuild a trained model from a checkpoint file alone (no config file, no dataset needed).
+
+    ``methods`` maps method names to :class:`facemark.engine.methods.Method` adapters; the
+    default is :data:`facemark.engine.methods.METHODS`.
+    """
+    from facemark.data.transforms import CropConvention
+    from facemark.engine.methods import METHODS, build_model_from_spec
+
+    path = Path(path)
+    state = load_checkpoint(path)
+    spec = state.get("model_spec")
+    if spec is None:
+        raise ValueError(f"checkpoint {path} has no 'model_spec' entry; it cannot be rebuilt stand-alone")
+    model = build_model_from_spec(spec, METHODS if methods is None else methods)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {path}: the weights do not fit the model described in it: {error}") from None
+    model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        layout=Layout.from_dict(spec["layout"]),
+        crop=CropConvention.from_dict(spec["crop"]),
+        method=spec["method"],
+        backbone=spec["backbone"],
+        epoch=int(state.get("epoch", 0)),
+        best_metric=state.get("best_metric"),
+        config=state.get("config", {}),
+        path=path,
+    )

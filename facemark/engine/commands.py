@@ -1,0 +1,134 @@
+"""The command-line front ends of the engine: ``facemark train``, ``facemark evaluate``, ``facemark score``.
+
+Each ``add_*_arguments(parser)`` adds the subcommand's arguments (every one with a help text) to
+an ``argparse`` parser and returns the function that runs it (``run(args) -> exit code``). Only
+``argparse`` is imported here; torch and the engine are imported when a command runs, so
+``facemark --help`` stays fast. User errors are raised as ``facemark.cli.CommandError``.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+__all__ = ["add_train_arguments", "add_evaluate_arguments", "add_score_arguments"]
+
+DATASETS = ("wflw", "300w", "cofw", "cofw68")  # facemark.data.DATASET_SPLITS (not imported: it is slow)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``facemark train CONFIG [KEY=VALUE ...] [--resume] [--select-on val|test] ...``"""
+    parser.add_argument("config", help="a training recipe (YAML), e.g. configs/slpt_hrnet_wflw.yaml; "
+                                       "'base: other.yaml' inside it inherits from another recipe")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="replace any config value with a dotted key, e.g. optim.lr=5e-4 optim.epochs=10 "
+                             "data.root=/data/WFLW optim.milestones=[80,100] model.options.num_layers=12 "
+                             "(values are YAML: numbers, true/false, null, [lists]); an unknown key is an error "
+                             "listing the allowed ones")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in runtime.output_dir from its last.pt (weights, optimiser, "
+                             "schedule, RNG states and data order restored: the result equals an uninterrupted run)")
+    parser.add_argument("--select-on", choices=("val", "test"), default=None,
+                        help="split that picks best.pt: 'val' (default: a held-out part of the training set) or "
+                             "'test' (the SLPT/SDFL authors' practice; logged as a warning, test numbers become "
+                             "optimistic). Same as runtime.select_on=...")
+    parser.add_argument("--output-dir", default=None,
+                        help="where checkpoints and logs go (same as runtime.output_dir=...)")
+    parser.add_argument("--device", default=None,
+                        help="auto (CUDA when available), cpu, cuda or cuda:N (same as runtime.device=...)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (recipe + overrides) as YAML and exit without training")
+
+    def run(args: argparse.Namespace) -> int:
+        import yaml
+
+        from facemark.cli import CommandError
+        from facemark.engine.config import ConfigError, config_to_dict, load_config
+        from facemark.engine.train import TrainingDiverged, train
+
+        overrides = list(args.overrides)
+        for value, key in ((args.select_on, "runtime.select_on"), (args.output_dir, "runtime.output_dir"),
+                           (args.device, "runtime.device")):
+            if value is not None:
+                overrides.append(f"{key}={value}")
+        try:
+            config = load_config(args.config, overrides)
+            if args.print_config:
+                print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+                return 0
+            result = train(config, resume=args.resume)
+        except (ConfigError, FileNotFoundError, FileExistsError, TrainingDiverged, ValueError) as error:
+            raise CommandError(str(error)) from None
+        if result.best_checkpoint is not None:
+            data = config.data
+            print(f"best checkpoint: {result.best_checkpoint}")
+            print(f"evaluate it with: facemark evaluate {result.best_checkpoint} --data {data.root} "
+                  f"--dataset {data.dataset} --split {data.test_split}")
+        return 0
+
+    return run
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--data", required=True, metavar="ROOT",
+                        help="folder the benchmark was unpacked into (e.g. data/WFLW); see docs/datasets.md")
+    parser.add_argument("--dataset", default=None, choices=DATASETS,
+                        help=f"benchmark to score on (default: {default})")
+    parser.add_argument("--split", default=None,
+                        help="split of the benchmark: test or test/<subset> (WFLW), full, common, challenging "
+                             f"(300W), test (COFW, COFW68) (default: {default})")
+    parser.add_argument("--output-dir", default=None,
+                        help="folder for results.json, results.md and ced.png")
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``facemark evaluate CHECKPOINT --data ROOT [--dataset wflw --split test] ...``"""
+    parser.add_argument("checkpoint", help="a facemark checkpoint (best.pt or last.pt of a training run); the model, "
+                                           "its layout and its crop convention are rebuilt from this file alone")
+    _add_data_arguments(parser, "the dataset and test split of the checkpoint's training config; output folder: "
+                                "<checkpoint folder>/eval_<dataset>_<split>")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default 32)")
+    parser.add_argument("--workers", type=int, default=2, help="image-loading worker processes (default 2; 0 = none)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from facemark.cli import CommandError
+        from facemark.engine.evaluate import default_output_dir, evaluate
+
+        try:
+            results = evaluate(args.checkpoint, args.data, dataset=args.dataset, split=args.split,
+                               output_dir=args.output_dir, device=args.device, batch_size=args.batch_size,
+                               workers=args.workers, progress=not args.no_progress)
+        except (FileNotFoundError, ValueError, RuntimeError) as error:
+            raise CommandError(str(error)) from None
+        output_dir = args.output_dir or default_output_dir(Path(args.checkpoint), results.dataset, results.split)
+        print(results.table())
+        print(f"predictions.json, results.json, results.md and ced.png in {output_dir}")
+        return 0
+
+    return run
+
+
+def add_score_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``facemark score PREDICTIONS --data ROOT [--dataset ... --split ...] [--output-dir DIR]``"""
+    parser.add_argument("predictions", help="a predictions file written by facemark evaluate (predictions.json): "
+                                            "identifiers and landmarks in original-image pixels")
+    _add_data_arguments(parser, "the dataset and split recorded in the predictions file")
+
+    def run(args: argparse.Namespace) -> int:
+        from facemark.cli import CommandError
+        from facemark.engine.evaluate import score
+
+        try:
+            results = score(args.predictions, args.data, dataset=args.dataset, split=args.split,
+                            output_dir=args.output_dir)
+        except (FileNotFoundError, ValueError) as error:
+            raise CommandError(str(error)) from None
+        print(results.table())
+        if args.output_dir:
+            print(f"results.json, results.md and ced.png in {args.output_dir}")
+        return 0
+
+    return run

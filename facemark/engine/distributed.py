@@ -1,0 +1,104 @@
+"""Multi-process training on PyTorch's own distributed engine (DDP), launched by ``torchrun``.
+
+``torchrun --nproc_per_node=4 -m facemark train CONFIG`` starts one process per GPU and sets
+``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; multi-node runs use
+torchrun's own ``--nnodes/--node_rank/--rdzv_*`` options. Without those variables the engine runs
+as a single process. The backend is NCCL on GPUs and gloo on CPU.
+
+Only rank 0 logs, validates and writes checkpoints; every rank trains on its own shard of each
+epoch (``DistributedSampler`` with ``set_epoch``). ``optim.batch_size`` is the GLOBAL batch: each
+process takes ``batch_size / world_size`` so a recipe means the same thing on 1 or 8 GPUs.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistributedContext", "init_distributed", "cleanup_distributed", "resolve_device", "broadcast_flag"]
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands: ``rank`` of ``world_size`` processes, and its device."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs, validates and writes checkpoints."""
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU; checks explicit names."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"runtime.device={name!r} but CUDA is not available (use runtime.device=cpu or auto)")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise RuntimeError(f"environment variable {name}={value!r} must be an integer (set by torchrun)") from None
+
+
+def init_distributed(device_name: str = "auto", timeout_minutes: float = 30.0) -> DistributedContext:
+    """Join the process group torchrun describes in the environment (``env://``), if any.
+
+    Single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``): nothing is initialised.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    device = resolve_device(device_name, local_rank)
+    if world_size <= 1:
+        return DistributedContext(0, 0, 1, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            init_method="env://",
+            world_size=world_size,
+            rank=rank,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
+    return DistributedContext(rank, local_rank, world_size, device)
+
+
+def cleanup_distributed(context: DistributedContext) -> None:
+    if context.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_flag(flag: bool, context: DistributedContext) -> bool:
+    """True on every rank if ``flag`` is true on ANY rank (e.g. "my loss is not finite").
+
+    Every rank must take the same branch after a collective-bearing decision, or the run hangs.
+    """
+    if not context.distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=context.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)

@@ -1,0 +1,255 @@
+"""Evaluation: run a checkpoint on a benchmark split, save its predictions, score them.
+
+``evaluate`` crops every face with the crop convention stored in the checkpoint, runs the model,
+maps the predictions back to the ORIGINAL images through the exact inverse of the crop affine
+(the protocol of ``shared/facts/evaluation.md``) and scores them with
+:class:`facemark.metrics.EvaluationResults`. It writes, in the output folder:
+
+* ``predictions.json``: identifiers and (K, 2) predictions in original-image pixels, with the
+  dataset, split, layout, model and box source (``score`` re-scores this file without the model);
+* ``results.json``: per-image NMEs and the summary; ``results.md``: the papers' table;
+* ``ced.png``: the cumulative error distribution (inter-ocular).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from facemark.data.records import FaceRecord, LandmarkDataset
+from facemark.data.transforms import CropConvention, crop_to_image
+from facemark.engine.data import CropDataset, worker_init
+from facemark.layouts import Layout
+from facemark.metrics import EvaluationResults, plot_ced
+
+__all__ = [
+    "predict_landmarks",
+    "box_source_label",
+    "Predictions",
+    "save_predictions",
+    "load_predictions",
+    "evaluate",
+    "score",
+    "write_results",
+    "PREDICTIONS_FORMAT",
+    "default_output_dir",
+]
+
+PREDICTIONS_FORMAT = "facemark.predictions"
+
+
+@torch.no_grad()
+def predict_landmarks(model: nn.Module, records: Sequence[FaceRecord], layout: Layout, crop: CropConvention,
+                      device: torch.device | str = "cpu", batch_size: int = 32, workers: int = 0,
+                      progress: bool = False, description: str = "predict") -> np.ndarray:
+    """Predictions for ``records`` in ORIGINAL-image pixels, ``(n, K, 2)`` float64.
+
+    The model is run in eval mode on the plain crops (no augmentation) and restored to its
+    previous mode afterwards.
+    """
+    from tqdm.auto import tqdm
+
+    dataset = CropDataset(records, layout, crop)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=worker_init,
+        pin_memory=torch.device(device).type == "cuda",
+        generator=torch.Generator().manual_seed(0),  # never draw from the global RNG
+    )
+    predictions = np.full((len(dataset), layout.num_points, 2), np.nan)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
+            output = model(batch["image"].to(device, non_blocking=True))
+            crop_pixels = output.landmarks.detach().double().cpu().numpy() * crop.size
+            predictions[batch["index"].numpy()] = crop_to_image(crop_pixels, batch["matrix"].numpy())
+    finally:
+        model.train(was_training)
+    return predictions
+
+
+def box_source_label(crop: CropConvention) -> str:
+    """How results name the crop, e.g. ``"gt_landmarks x1.2"`` (box source and enlargement)."""
+    name = {"landmarks": "gt_landmarks", "dataset": "dataset", "detector": "detector"}[crop.box_source]
+    return f"{name} x{crop.enlarge:g}"
+
+
+# -- predictions files ---------------------------------------------------------------------------
+@dataclass
+class Predictions:
+    """A predictions file: ``landmarks[i]`` (K, 2) original-image pixels of ``identifiers[i]``."""
+
+    identifiers: list[str]
+    landmarks: np.ndarray
+    dataset: str
+    split: str
+    layout: str
+    box_source: str
+    model: str
+
+
+def save_predictions(path: str | Path, predictions: Predictions) -> Path:
+    """Write a predictions file (JSON; floats are written exactly, so re-scoring is exact)."""
+    path = Path(path)
+    landmarks = np.asarray(predictions.landmarks, dtype=np.float64)
+    if landmarks.ndim != 3 or landmarks.shape[2] != 2 or len(landmarks) != len(predictions.identifiers):
+        raise ValueError(f"predictions: expected ({len(predictions.identifiers)}, K, 2) landmarks, got {landmarks.shape}")
+    data = {
+        "format": PREDICTIONS_FORMAT,
+        "version": 1,
+        "dataset": predictions.dataset,
+        "split": predictions.split,
+        "layout": predictions.layout,
+        "box_source": predictions.box_source,
+        "model": predictions.model,
+        "coordinates": "original-image pixels, 0-based, x y per point",
+        "predictions": {identifier: points.tolist() for identifier, points in zip(predictions.identifiers, landmarks)},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data) + "\n")
+    return path
+
+
+def load_predictions(path: str | Path) -> Predictions:
+    """Read a predictions file; errors name the file and the offending entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"predictions file {path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != PREDICTIONS_FORMAT:
+        raise ValueError(f"{path} is not a facemark predictions file (key 'format' is not {PREDICTIONS_FORMAT!r})")
+    required = ("dataset", "split", "layout", "box_source", "model", "predictions")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ValueError(f"predictions file {path}: missing key(s) {missing}")
+    identifiers = list(data["predictions"])
+    if not identifiers:
+        raise ValueError(f"predictions file {path}: no predictions")
+    arrays = []
+    for identifier in identifiers:
+        points = np.asarray(data["predictions"][identifier], dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
+            raise ValueError(f"predictions file {path}: entry {identifier!r} must be a list of finite [x, y] pairs, "
+                             f"got an array of shape {points.shape}")
+        if arrays and points.shape != arrays[0].shape:
+            raise ValueError(f"predictions file {path}: entry {identifier!r} has {len(points)} points, "
+                             f"entry {identifiers[0]!r} has {len(arrays[0])}")
+        arrays.append(points)
+    return Predictions(identifiers, np.stack(arrays), str(data["dataset"]), str(data["split"]), str(data["layout"]),
+                       str(data["box_source"]), str(data["model"]))
+
+
+def _align(predictions: Predictions, dataset: LandmarkDataset, source: str) -> np.ndarray:
+    """Predictions in the dataset's record order; missing or extra identifiers are errors."""
+    expected = [record.identifier for record in dataset]
+    given = dict(zip(predictions.identifiers, predictions.landmarks))
+    missing = [identifier for identifier in expected if identifier not in given]
+    extra = sorted(set(given) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} record(s) of {dataset.name}/{dataset.split} have no prediction, e.g. {missing[:5]}")
+        if extra:
+            parts.append(f"{len(extra)} prediction(s) match no record, e.g. {extra[:5]}")
+        raise ValueError(f"{source}: " + "; ".join(parts))
+    if predictions.landmarks.shape[1] != dataset.layout.num_points:
+        raise ValueError(f"{source}: predictions have {predictions.landmarks.shape[1]} points, "
+                         f"{dataset.name} ({dataset.layout.name}) has {dataset.layout.num_points}")
+    return np.stack([given[identifier] for identifier in expected])
+
+
+# -- results -------------------------------------------------------------------------------------
+def write_results(results: EvaluationResults, output_dir: str | Path) -> dict[str, Path]:
+    """``results.json``, ``results.md`` and ``ced.png`` (inter-ocular CED per subset) in ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": results.to_json(output_dir / "results.json")}
+    markdown = output_dir / "results.md"
+    markdown.write_text(results.markdown() + "\n")
+    paths["markdown"] = markdown
+    curves = {"all": results.per_image("inter_ocular")}
+    for subset, mask in results.subsets.items():
+        if mask.any():
+            curves[subset] = results.per_image("inter_ocular", subset)
+    paths["ced"] = plot_ced(curves, output_dir / "ced.png", threshold=0.10,
+                            title=f"CED: {results.model} on {results.dataset} {results.split}")
+    return paths
+
+
+def default_output_dir(checkpoint: Path, dataset: str, split: str) -> Path:
+    """Where ``evaluate`` writes by default: ``<checkpoint folder>/eval_<dataset>_<split>``."""
+    return checkpoint.parent / f"eval_{dataset}_{split.replace('/', '_')}"
+
+
+def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None = None, split: str | None = None,
+             output_dir: str | Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 2,
+             progress: bool = True, methods: Mapping | None = None) -> EvaluationResults:
+    """Evaluate a checkpoint on ``dataset``/``split`` under ``data_root`` and write the outputs.
+
+    ``dataset`` and ``split`` default to the training config's dataset and test split. The
+    output folder defaults to ``<checkpoint folder>/eval_<dataset>_<split>``.
+    """
+    from facemark.data import load_dataset
+    from facemark.engine.checkpoint import load_model
+    from facemark.engine.distributed import resolve_device
+
+    checkpoint = Path(checkpoint)
+    target = resolve_device(device)
+    loaded = load_model(checkpoint, device=target, methods=methods)
+    data_config = loaded.config.get("data", {})
+    dataset = dataset or data_config.get("dataset")
+    split = split or data_config.get("test_split", "test")
+    if not dataset:
+        raise ValueError(f"checkpoint {checkpoint} records no dataset; pass dataset=")
+    records = load_dataset(dataset, data_root, split)
+    if records.layout.num_points != loaded.layout.num_points:
+        raise ValueError(f"checkpoint {checkpoint} predicts {loaded.layout.num_points} points ({loaded.layout.name}) "
+                         f"but {dataset}/{split} has {records.layout.num_points} ({records.layout.name})")
+    landmarks = predict_landmarks(loaded.model, records.records, records.layout, loaded.crop, target,
+                                  batch_size=batch_size, workers=workers, progress=progress,
+                                  description=f"evaluate {dataset}/{split}")
+    box_source = box_source_label(loaded.crop)
+    output_dir = Path(output_dir) if output_dir is not None else default_output_dir(checkpoint, dataset, split)
+    predictions = Predictions([r.identifier for r in records], landmarks, records.name, records.split,
+                              records.layout.name, box_source, loaded.name)
+    save_predictions(output_dir / "predictions.json", predictions)
+    results = EvaluationResults.from_predictions(
+        landmarks, records, model_name=loaded.name, box_source=box_source,
+        extra={"checkpoint": str(checkpoint), "epoch": loaded.epoch, "crop": loaded.crop.to_dict()},
+    )
+    write_results(results, output_dir)
+    return results
+
+
+def score(predictions_file: str | Path, data_root: str | Path, dataset: str | None = None, split: str | None = None,
+          output_dir: str | Path | None = None) -> EvaluationResults:
+    """Re-score a predictions file against the ground truth, without the model.
+
+    ``dataset``/``split`` default to those recorded in the file. Every record of the split
+    must have exactly one prediction (errors name missing and extra identifiers). Outputs are
+    written to ``output_dir`` when given.
+    """
+    from facemark.data import load_dataset
+
+    predictions_file = Path(predictions_file)
+    predictions = load_predictions(predictions_file)
+    dataset = dataset or predictions.dataset
+    split = split or predictions.split
+    records = load_dataset(dataset, data_root, split)
+    landmarks = _align(predictions, records, f"predictions file {predictions_file}")
+    results = EvaluationResults.from_predictions(
+        landmarks, records, model_name=predictions.model, box_source=predictions.box_source,
+        extra={"predictions_file": str(predictions_file)},
+    )
+    if output_dir is not None:
+        write_results(results, output_dir)
+    return results
+

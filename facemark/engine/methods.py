@@ -1,0 +1,211 @@
+"""The per-method adapters of the training engine: how to build, initialise and train each method.
+
+The engine (:mod:`facemark.engine.train`) is method-agnostic: everything it needs to know about a
+method is one :class:`Method`, and :data:`METHODS` maps ``model.method`` of a config to it. A new
+method is a new entry (tests pass their own dict). Every model obeys the facemark model contract:
+``model(images).landmarks`` is ``(B, N, 2)`` in normalised crop coordinates.
+
+A method's three functions:
+
+* ``compute_statistics(shapes, layout, **model_options)`` -> dict of numpy arrays computed ONCE from
+  the training split (never validation or test) and stored in the checkpoint: SLPT's mean face,
+  SDFL's neighbourhood. ``shapes`` is a :class:`TrainingShapes`.
+* ``build_model(backbone, layout, statistics, image_size, **model_options)`` -> nn.Module. Its
+  keyword-only arguments are the allowed keys of ``model.options`` in a config.
+* ``build_loss(layout, statistics, image_size, **loss_options)`` -> ``loss(output, target)``
+  with ``target`` (B, N, 2) in normalised crop coordinates. Its keyword-only arguments are the
+  allowed keys of ``loss.options``.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from facemark.engine.config import ConfigError, check_options
+from facemark.layouts import Layout
+
+__all__ = ["TrainingShapes", "Method", "METHODS", "option_names", "build_model_from_spec", "load_pretrained_backbone"]
+
+
+@dataclass
+class TrainingShapes:
+    """The training split's landmarks, from which method statistics are computed.
+
+    ``original``: (n, N, 2) in original-image pixels. ``crop``: (n, N, 2) in normalised crop
+    coordinates of the un-augmented training crops (the models' units).
+    """
+
+    original: np.ndarray
+    crop: np.ndarray
+
+
+@dataclass(frozen=True)
+class Method:
+    """How the engine builds and trains one method (see the module docstring)."""
+
+    compute_statistics: Callable[..., dict]
+    build_model: Callable[..., nn.Module]
+    build_loss: Callable[..., Callable[[Any, torch.Tensor], torch.Tensor]]
+
+
+def option_names(function: Callable) -> list[str]:
+    """The keyword-only parameters of ``function``: the knobs a config may set."""
+    return [name for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.kind is parameter.KEYWORD_ONLY]
+
+
+def _statistics_options(function: Callable, options: Mapping) -> dict:
+    """The subset of the model options that ``compute_statistics`` takes (e.g. SDFL's ``k``)."""
+    names = option_names(function)
+    return {key: value for key, value in options.items() if key in names}
+
+
+# -- SLPT ----------------------------------------------------------------------------------------
+def _slpt_statistics(shapes: TrainingShapes, layout: Layout, **_options) -> dict:
+    from facemark.models.slpt import compute_mean_face
+
+    # Sec. 3.2: the initial landmarks S_0 are the mean face of the training crops.
+    return {"mean_face": compute_mean_face(shapes.crop).numpy()}
+
+
+def _slpt_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
+                num_stages: int = 3, num_layers: int = 6, patch_samples: int = 7,
+                initial_patch_size: float = 0.25, embed_dim: int = 256, num_heads: int = 8,
+                feedforward_dim: int = 1024, dropout: float = 0.1, use_self_attention: bool = True,
+                use_cross_attention: bool = True, use_structure_encoding: bool = True) -> nn.Module:
+    from facemark.models.slpt import SLPTConfig, build_slpt
+
+    config = SLPTConfig(
+        num_points=layout.num_points, backbone=backbone, num_stages=num_stages, num_layers=num_layers,
+        patch_samples=patch_samples, initial_patch_size=initial_patch_size, embed_dim=embed_dim,
+        num_heads=num_heads, feedforward_dim=feedforward_dim, dropout=dropout,
+        use_self_attention=use_self_attention, use_cross_attention=use_cross_attention,
+        use_structure_encoding=use_structure_encoding,
+    )
+    return build_slpt(config, mean_face=statistics["mean_face"])
+
+
+def _slpt_loss(layout: Layout, statistics: Mapping, image_size: int, *,
+               stage_weights: list[float] | None = None) -> Callable:
+    from facemark.models.slpt import slpt_loss
+
+    # Eq. 8: L2 error normalised by the inter-ocular distance, summed over stages with
+    # weights (release: 0.2, 0.3, 0.5), averaged over every layer (intermediate supervision).
+    def loss(output, target: torch.Tensor) -> torch.Tensor:
+        return slpt_loss(output, target, layout, stage_weights=stage_weights)
+
+    return loss
+
+
+# -- SDFL (graph head) and the FC baseline -------------------------------------------------------
+def _sdfl_statistics(shapes: TrainingShapes, layout: Layout, *, neighbours: int = 3) -> dict:
+    from facemark.models.sdfl import build_neighbourhood
+
+    # Sec. III-B, eq. 1-2: top-k Pearson correlations of the training shapes' x and y coordinates.
+    return {"neighbourhood": build_neighbourhood(shapes.original, k=neighbours)}
+
+
+def _sdfl_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
+                neighbours: int = 3, adjacency: str = "dynamic", hidden_features: int = 128,
+                num_blocks: int = 4, expansion: int = 4, bn_momentum: float = 0.1) -> nn.Module:
+    from facemark.models.sdfl import sdfl_graph_model
+
+    del neighbours  # used by _sdfl_statistics only
+    return sdfl_graph_model(layout.num_points, statistics["neighbourhood"], backbone=backbone, adjacency=adjacency,
+                            input_size=image_size, hidden_features=hidden_features, num_blocks=num_blocks,
+                            expansion=expansion, bn_momentum=bn_momentum)
+
+
+def _fc_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
+              neighbours: int = 3, hidden_features: int = 256, bn_momentum: float = 0.1) -> nn.Module:
+    from facemark.models.sdfl import sdfl_fc_model
+
+    del neighbours  # used by _sdfl_statistics only (the relative-location loss needs the graph)
+    return sdfl_fc_model(layout.num_points, backbone=backbone, input_size=image_size,
+                         hidden_features=hidden_features, bn_momentum=bn_momentum,
+                         neighbourhood=statistics["neighbourhood"])
+
+
+def _sdfl_loss(layout: Layout, statistics: Mapping, image_size: int, *,
+               point_loss: str = "soft_wing", relative_weight: float = 1.0) -> Callable:
+    from facemark.models import losses
+    from facemark.models.sdfl import sdfl_loss
+
+    point_losses = {"soft_wing": losses.soft_wing_loss, "l1": losses.l1_loss, "l2": losses.l2_loss,
+                    "wing": losses.wing_loss}
+    if point_loss not in point_losses:
+        raise ConfigError(f"config key 'loss.options.point_loss': expected one of {list(point_losses)}, got {point_loss!r}")
+    neighbourhood = torch.as_tensor(np.asarray(statistics["neighbourhood"]))
+
+    # Eq. 10: Soft Wing on absolute positions + relative_weight x Soft Wing on the Laplacian
+    # coordinates (eq. 6-7), in crop pixels.
+    def loss(output, target: torch.Tensor) -> torch.Tensor:
+        return sdfl_loss(output, target, crop_size=image_size, neighbourhood=neighbourhood,
+                         point_loss=point_losses[point_loss], relative_weight=relative_weight)
+
+    return loss
+
+
+METHODS: dict[str, Method] = {
+    "slpt": Method(_slpt_statistics, _slpt_model, _slpt_loss),
+    "sdfl": Method(_sdfl_statistics, _sdfl_model, _sdfl_loss),
+    "fc": Method(_sdfl_statistics, _fc_model, _sdfl_loss),
+}
+
+
+# -- used by the engine --------------------------------------------------------------------------
+def get_method(name: str, methods: Mapping[str, Method]) -> Method:
+    if name not in methods:
+        raise ConfigError(f"config key 'model.method': unknown method {name!r}; expected one of {list(methods)}")
+    return methods[name]
+
+
+def check_method_options(method: Method, model_options: Mapping, loss_options: Mapping) -> None:
+    """Unknown ``model.options`` / ``loss.options`` keys are errors listing the allowed ones."""
+    check_options(model_options, option_names(method.build_model), "model.options")
+    check_options(loss_options, option_names(method.build_loss), "loss.options")
+
+
+def compute_method_statistics(method: Method, shapes: TrainingShapes, layout: Layout, model_options: Mapping) -> dict:
+    return method.compute_statistics(shapes, layout, **_statistics_options(method.compute_statistics, model_options))
+
+
+def build_model_from_spec(spec: Mapping, methods: Mapping[str, Method]) -> nn.Module:
+    """Build a model from a checkpoint's ``model_spec`` (weights are loaded by the caller)."""
+    method = get_method(spec["method"], methods)
+    layout = Layout.from_dict(spec["layout"])
+    return method.build_model(spec["backbone"], layout, spec["statistics"], int(spec["image_size"]), **spec["options"])
+
+
+def load_pretrained_backbone(model: nn.Module, path: str | Path) -> str:
+    """Load an ImageNet checkpoint (a local file; nothing is downloaded) into the model's backbone.
+
+    The ImageNet network inside ``model.backbone`` (an HRNet or a ResNet, possibly wrapped, e.g.
+    SLPT's ResNet34 fusion or SDFL's last-feature-map wrapper) is found and loaded with the
+    backbone module's own loader (matching by parameter name). Returns a one-line summary.
+    """
+    from facemark.models.hrnet import HRNet, load_imagenet_hrnet
+    from facemark.models.resnet import ResNet, load_imagenet_resnet
+
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        raise ValueError(f"model.pretrained={path}: this model has no .backbone to load it into")
+    for name, module in backbone.named_modules():
+        if isinstance(module, HRNet):
+            report = load_imagenet_hrnet(module, path)
+        elif isinstance(module, ResNet):
+            report = load_imagenet_resnet(module, path)
+        else:
+            continue
+        where = f"backbone.{name}" if name else "backbone"
+        return (f"model.pretrained: {len(report['matched'])} tensors of {path} loaded into {where} "
+                f"({len(report['missing'])} missing, {len(report['unexpected'])} unused, "
+                f"{len(report['shape_mismatch'])} shape mismatches)")
+    raise ValueError(f"model.pretrained={path}: no HRNet or ResNet inside this model's backbone "
+                     f"({type(backbone).__name__}); ImageNet loading is supported for those two")

@@ -1,0 +1,262 @@
+"""The training loop on a tiny WFLW-format fixture with a tiny model: outputs, validation carving,
+statistics from the training part only, divergence handling, exact resume after SIGKILL, and
+evaluate / score."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine_fixtures import TINY_METHODS, make_wflw_fixture, tiny_config
+from facemark.data import load_dataset
+from facemark.data.transforms import CropConvention
+from facemark.engine.checkpoint import load_checkpoint
+from facemark.engine.config import ConfigError
+from facemark.engine.data import CropDataset, carve_validation, training_shapes
+from facemark.engine.evaluate import evaluate, load_predictions, save_predictions, score
+from facemark.engine.train import TrainingDiverged, train
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory) -> Path:
+    return make_wflw_fixture(tmp_path_factory.mktemp("wflw"), num_train=6, num_test=3)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Bit-exact comparisons between runs need the same intra-op thread count everywhere.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _weights(state_dict) -> dict:
+    return {key: value.clone() for key, value in state_dict.items()}
+
+
+def test_train_writes_checkpoints_logs_and_uses_training_statistics(fixture_root, tmp_path):
+    config = tiny_config(fixture_root, tmp_path / "run")
+    result = train(config, methods=TINY_METHODS)
+    for name in ("last.pt", "best.pt", "config.yaml", "metrics.csv", "train.log"):
+        assert (tmp_path / "run" / name).is_file(), name
+    lines = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("epoch,global_step,lr,train_loss,val_nme") and len(lines) == 3
+    state = load_checkpoint(result.last_checkpoint)
+    assert state["epoch"] == 2 and state["global_step"] == 4  # 4 training faces / batch 2 x 2 epochs
+    assert state["scheduler"]["last_epoch"] == 2 and state["optimizer"]["state"]
+    assert 0 < result.best_metric < 1 and result.best_epoch in (1, 2)
+
+    # The mean face comes from the carved training part only (never the held-out faces).
+    crop = CropConvention(box_source="landmarks", enlarge=1.2, size=64)
+    train_part, val_part = carve_validation(load_dataset("wflw", fixture_root, "train"), 0.34, seed=0)
+    assert (len(train_part), len(val_part)) == (4, 2)
+    expected = training_shapes(train_part, crop).crop.mean(axis=0)
+    np.testing.assert_allclose(state["model_spec"]["statistics"]["mean_face"], expected)
+    assert state["model_spec"]["crop"] == crop.to_dict()
+
+    # A second run into the same folder must not overwrite it; resume needs a checkpoint.
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, methods=TINY_METHODS)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny_config(fixture_root, tmp_path / "empty"), resume=True, methods=TINY_METHODS)
+
+
+def test_carved_validation_is_seeded_and_disjoint(fixture_root):
+    dataset = load_dataset("wflw", fixture_root, "train")
+    train_a, val_a = carve_validation(dataset, 0.34, seed=3)
+    train_b, val_b = carve_validation(dataset, 0.34, seed=3)
+    assert [r.identifier for r in val_a] == [r.identifier for r in val_b]
+    assert not {r.identifier for r in train_a} & {r.identifier for r in val_a}
+    assert len(train_a) + len(val_a) == len(dataset)
+    with pytest.raises(ValueError, match="val_fraction"):
+        carve_validation(dataset, 0.99, seed=0)
+
+
+def test_augmented_samples_depend_on_seed_epoch_and_index_only(fixture_root):
+    from facemark.data.transforms import slpt_augmentation
+
+    dataset = load_dataset("wflw", fixture_root, "train")
+    crop = CropConvention(size=64)
+    samples = CropDataset(dataset.records, dataset.layout, crop, slpt_augmentation(), seed=1)
+    first = samples[2]
+    assert torch.equal(samples[2]["image"], first["image"])
+    samples.set_epoch(1)
+    assert not torch.equal(samples[2]["image"], first["image"])
+    samples.set_epoch(0)
+    # Loading through two worker processes gives the same batches as the main process.
+    def batches(workers: int):
+        loader = torch.utils.data.DataLoader(samples, batch_size=3, num_workers=workers)
+        return [batch["target"] for batch in loader]
+    for a, b in zip(batches(0), batches(2)):
+        assert torch.equal(a, b)
+
+
+def test_select_on_test_is_warned_about(fixture_root, tmp_path):
+    config = tiny_config(fixture_root, tmp_path / "run", "runtime.select_on=test", "optim.epochs=1")
+    train(config, methods=TINY_METHODS)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "WARNING" in log and "TEST split" in log and "optimistic" in log
+
+
+def test_unknown_method_option_is_an_error_listing_the_allowed(fixture_root, tmp_path):
+    config = tiny_config(fixture_root, tmp_path / "run", "model.options.widht=4")
+    with pytest.raises(ConfigError) as error:
+        train(config, methods=TINY_METHODS)
+    assert "model.options.widht" in str(error.value) and "width" in str(error.value)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fixture_root, tmp_path):
+    # 2 steps per epoch: the loss turns NaN at the 4th call, i.e. in epoch 2.
+    config = tiny_config(fixture_root, tmp_path / "run", "optim.epochs=3", "loss.options.nan_after_steps=3")
+    with pytest.raises(TrainingDiverged) as error:
+        train(config, methods=TINY_METHODS)
+    message = str(error.value)
+    assert "nan" in message and "epoch 2" in message and "last.pt" in message and "--resume" in message
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+    assert "ERROR" in (tmp_path / "run" / "train.log").read_text()
+
+
+_RUN_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from pathlib import Path
+from engine_fixtures import TINY_METHODS, tiny_config
+from facemark.engine.train import train
+config = tiny_config(Path({root!r}), Path({output!r}), *{overrides!r})
+train(config, resume={resume!r}, methods=TINY_METHODS)
+"""
+
+
+def _run_script(root: Path, output: Path, overrides: list[str], resume: bool) -> str:
+    return _RUN_SCRIPT.format(tests=str(TESTS_DIR), root=str(root), output=str(output), overrides=overrides,
+                              resume=resume)
+
+
+def test_resume_after_sigkill_gives_the_same_weights(fixture_root, tmp_path):
+    overrides = ["optim.epochs=4", "optim.milestones=[2]", "data.workers=1", "loss.options.sleep_seconds=0.3"]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-c", _run_script(fixture_root, killed, overrides, False)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (killed / "last.pt").is_file():
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)  # mid-epoch 2 (an epoch takes ~0.6 s)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    epochs_done = load_checkpoint(killed / "last.pt")["epoch"]
+    assert 1 <= epochs_done < 4, "the run was not interrupted between checkpoints"
+    resumed = subprocess.run([sys.executable, "-c", _run_script(fixture_root, killed, overrides, True)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in (killed / "train.log").read_text()
+
+    reference = train(tiny_config(fixture_root, tmp_path / "reference", *overrides[:2]), methods=TINY_METHODS)
+    resumed_state = load_checkpoint(killed / "last.pt")
+    assert resumed_state["epoch"] == 4
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(resumed_state["model"][key], value), key
+    lines = (killed / "metrics.csv").read_text().strip().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4"]
+    assert lines[1:] != [] and lines[1].split(",")[3] == (tmp_path / "reference" / "metrics.csv").read_text().splitlines()[1].split(",")[3]
+
+
+def test_evaluate_and_score(fixture_root, tmp_path):
+    result = train(tiny_config(fixture_root, tmp_path / "run", "optim.epochs=1"), methods=TINY_METHODS)
+    results = evaluate(result.best_checkpoint, fixture_root, output_dir=tmp_path / "eval", device="cpu",
+                       workers=0, progress=False, methods=TINY_METHODS)
+    assert results.dataset == "wflw" and results.split == "test" and results.num_images == 3
+    assert results.box_source == "gt_landmarks x1.2"
+    assert set(results.subsets) == {"pose", "expression", "illumination", "makeup", "occlusion", "blur"}
+    for name in ("predictions.json", "results.json", "results.md", "ced.png"):
+        assert (tmp_path / "eval" / name).is_file(), name
+
+    # Predictions are in original-image pixels: the tiny model starts near the mean face, so they
+    # lie near the ground truth of a 64-px image, not in [0, 1].
+    predictions = load_predictions(tmp_path / "eval" / "predictions.json")
+    assert predictions.landmarks.shape == (3, 98, 2) and predictions.landmarks.max() > 10
+    test_set = load_dataset("wflw", fixture_root, "test")
+    assert predictions.identifiers == [record.identifier for record in test_set]
+
+    rescored = score(tmp_path / "eval" / "predictions.json", fixture_root, output_dir=tmp_path / "rescored")
+    np.testing.assert_array_equal(rescored.nmes["inter_ocular"], results.nmes["inter_ocular"])
+    assert (tmp_path / "rescored" / "results.md").read_text() == (tmp_path / "eval" / "results.md").read_text()
+
+    # Missing and extra identifiers are named.
+    predictions.identifiers[0] = "not/a/face.png#1"
+    save_predictions(tmp_path / "bad.json", predictions)
+    with pytest.raises(ValueError) as error:
+        score(tmp_path / "bad.json", fixture_root)
+    assert test_set[0].identifier in str(error.value) and "not/a/face.png#1" in str(error.value)
+    data = json.loads((tmp_path / "eval" / "predictions.json").read_text())
+    assert data["box_source"] == "gt_landmarks x1.2" and data["dataset"] == "wflw" and data["split"] == "test"
+
+
+def test_command_line_arguments_all_have_help(capsys):
+    import argparse
+
+    from facemark.cli import CommandError
+    from facemark.engine.commands import add_evaluate_arguments, add_score_arguments, add_train_arguments
+
+    for add in (add_train_arguments, add_evaluate_arguments, add_score_arguments):
+        parser = argparse.ArgumentParser()
+        run = add(parser)
+        assert callable(run)
+        for action in parser._actions:
+            assert action.help, f"{add.__name__}: option {action.dest} has no help text"
+
+    parser = argparse.ArgumentParser()
+    run = add_train_arguments(parser)
+    config_path = Path(__file__).resolve().parents[1] / "configs" / "slpt_hrnet_wflw.yaml"
+    assert run(parser.parse_args([str(config_path), "optim.lr=2e-4", "--select-on", "test", "--print-config"])) == 0
+    printed = capsys.readouterr().out
+    assert "lr: 0.0002" in printed and "select_on: test" in printed
+    with pytest.raises(CommandError, match="optim.lrr"):
+        run(parser.parse_args([str(config_path), "optim.lrr=1", "--print-config"]))
+
+
+def test_pretrained_backbone_is_loaded_by_name(tmp_path):
+    from torch import nn
+
+    from facemark.engine.methods import load_pretrained_backbone
+    from facemark.models.resnet import resnet18
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(resnet18())
+
+    imagenet = resnet18()
+    torch.save(imagenet.state_dict(), tmp_path / "imagenet.pth")
+    model = Wrapped()
+    summary = load_pretrained_backbone(model, tmp_path / "imagenet.pth")
+    assert "backbone.0" in summary and "0 missing" in summary
+    assert torch.equal(model.backbone[0].conv1.weight, imagenet.conv1.weight)
+    holder = nn.Module()
+    holder.backbone = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="no HRNet or ResNet"):
+        load_pretrained_backbone(holder, tmp_path / "imagenet.pth")
+
+
+def test_command_module_imports_no_torch():
+    # facemark --help builds every subcommand's parser: it must not pay for importing torch.
+    code = "import sys, facemark.engine.commands; assert 'torch' not in sys.modules, 'torch imported'"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
