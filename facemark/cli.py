@@ -89,9 +89,56 @@ def _add_synth(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
     return run
 
 
+# --- facemark train / evaluate / score (facemark.engine.commands) --------------------------------
+def _add_train(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    from facemark.engine.commands import add_train_arguments
+
+    return add_train_arguments(parser)
+
+
+def _add_evaluate(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    from facemark.engine.commands import add_evaluate_arguments
+
+    return add_evaluate_arguments(parser)
+
+
+def _add_score(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    from facemark.engine.commands import add_score_arguments
+
+    return add_score_arguments(parser)
+
+
+# --- facemark predict / export / bench (facemark.inference.commands) -----------------------------
+def _add_predict(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    from facemark.inference.commands import add_predict_arguments, run_predict
+
+    add_predict_arguments(parser)
+    return run_predict
+
+
+def _add_export(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    from facemark.inference.commands import add_export_arguments, run_export
+
+    add_export_arguments(parser)
+    return run_export
+
+
+def _add_bench(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    from facemark.inference.commands import add_bench_arguments, run_bench
+
+    add_bench_arguments(parser)
+    return run_bench
+
+
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]]] = {
     "layouts": ("list the landmark layouts or describe one", _add_layouts),
     "synth": ("generate a SynthFace dataset in a benchmark's native format, or a preview sheet", _add_synth),
+    "train": ("train a model from a YAML recipe with key=value overrides", _add_train),
+    "evaluate": ("evaluate a checkpoint on a benchmark split (table, CED plot, predictions file)", _add_evaluate),
+    "score": ("re-score a predictions file against a benchmark's ground truth, without the model", _add_score),
+    "predict": ("landmarks for image files, folders and videos (JSON/CSV, drawn images)", _add_predict),
+    "export": ("export a model to ONNX or TorchScript", _add_export),
+    "bench": ("time a model: latency and throughput per backend, detection separately", _add_bench),
 }
 
 

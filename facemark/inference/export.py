@@ -1,0 +1,184 @@
+"""Export a landmark model to ONNX or TorchScript, with its layout and crop convention inside.
+
+The exported model is the network alone (no detector, no crop):
+
+- input ``image``: ``(batch, 3, S, S)`` float32, RGB, ``(pixel / 255 - mean) / std`` with the
+  ImageNet ``mean = (0.485, 0.456, 0.406)``, ``std = (0.229, 0.224, 0.225)``; S from the crop
+  convention (256 for SLPT); the batch axis is dynamic;
+- output ``landmarks``: ``(batch, N, 2)`` float32, x and y in normalised crop coordinates
+  (crop pixels / S; 0-based, integer crop pixel = pixel centre). Multiply by S and apply the
+  inverse of the crop affine to get image pixels (``facemark.Predictor`` does all of this).
+
+The layout, crop convention and this description are stored as JSON under the key
+``"facemark"`` (ONNX ``metadata_props``; TorchScript extra file ``facemark.json``), so that
+``Predictor("model.onnx", backend="onnx")`` needs nothing else.
+
+ONNX uses the TorchScript-based exporter (``dynamo=False``; the newer exporter needs the
+``onnxscript`` package) at opset 17: SLPT samples its patches with ``grid_sample``, which ONNX has
+as ``GridSample`` since opset 16.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from facemark.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CropConvention
+from facemark.inference.commands import DEFAULT_OPSET, MIN_OPSET
+from facemark.layouts import Layout
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "LandmarksOnly",
+    "export_metadata",
+    "onnx_model_bytes",
+    "export_model",
+    "run_export",
+]
+
+
+
+class LandmarksOnly(nn.Module):
+    """Wraps a facemark model so that it returns the ``(B, N, 2)`` landmarks tensor only
+    (exporters need tensors, not the model's output dataclass)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        output = self.model(image)
+        return output.landmarks if hasattr(output, "landmarks") else output
+
+
+def export_metadata(layout: Layout, crop: CropConvention, description: str = "") -> dict:
+    """The JSON stored inside an exported file (read back by :func:`facemark.inference.predictor.load_weights`)."""
+    return {
+        "format": "facemark-export",
+        "version": 1,
+        "source": description,
+        "layout": layout.to_dict(),
+        "crop": crop.to_dict(),
+        "input": {
+            "name": "image",
+            "shape": ["batch", 3, crop.size, crop.size],
+            "dtype": "float32",
+            "colour_order": "RGB",
+            "normalisation": "(pixel / 255 - mean) / std",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
+        "output": {
+            "name": "landmarks",
+            "shape": ["batch", layout.num_points, 2],
+            "units": f"normalised crop coordinates: crop pixels / {crop.size}",
+        },
+    }
+
+
+def _example_input(crop: CropConvention, batch: int = 2) -> torch.Tensor:
+    # A fixed, image-like input: the trace only needs shapes, the verification needs values.
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, 3, crop.size, crop.size, generator=generator)
+
+
+def onnx_model_bytes(model: nn.Module, layout: Layout, crop: CropConvention, opset: int = DEFAULT_OPSET, description: str = "") -> bytes:
+    """The model as a serialised ONNX graph with a dynamic batch axis and facemark metadata."""
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise ValueError(f"ONNX export: opset {opset} lacks GridSample (SLPT's patch sampling); use opset >= {MIN_OPSET}")
+    # The wrapper must be in eval mode too: the exporter restores the wrapper's training flag
+    # afterwards, recursively, and would otherwise leave the model's dropout switched on.
+    wrapper = LandmarksOnly(model.cpu()).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The legacy exporter announces its deprecation, and the tracer warns about Python
+        # control flow on shapes that are the same for every input of this model.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (_example_input(crop),),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["landmarks"],
+            dynamic_axes={"image": {0: "batch"}, "landmarks": {0: "batch"}},
+            do_constant_folding=True,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key = "facemark"
+    entry.value = json.dumps(export_metadata(layout, crop, description))
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def _torchscript(model: nn.Module, crop: CropConvention) -> torch.jit.ScriptModule:
+    wrapper = LandmarksOnly(model.cpu()).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(wrapper, (_example_input(crop),), check_trace=False)
+
+
+def export_model(
+    weights,
+    out: str | Path,
+    format: str = "onnx",
+    opset: int = DEFAULT_OPSET,
+    layout: str | Layout | None = None,
+    crop_convention: CropConvention | None = None,
+    check: bool = True,
+) -> dict:
+    """Export ``weights`` (any form :class:`facemark.Predictor` accepts, except exported files)
+    to ``out``. With ``check``, the exported model is run on a batch of 3 (a batch size the
+    trace did not see) and compared with the torch model; returns ``{"path", "format",
+    "max_difference_px"}`` (difference in crop pixels)."""
+    from facemark.inference.predictor import load_weights
+
+    if format not in ("onnx", "torchscript"):
+        raise ValueError(f"export: format must be 'onnx' or 'torchscript', got {format!r}")
+    bundle = load_weights(weights, "cpu", "torch", layout, crop_convention)
+    if bundle.model is None:
+        raise ValueError(f"export: {weights} is already an exported file; export from a checkpoint")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if format == "onnx":
+        out.write_bytes(onnx_model_bytes(bundle.model, bundle.layout, bundle.crop, opset, bundle.description))
+    else:
+        traced = _torchscript(bundle.model, bundle.crop)
+        metadata = json.dumps(export_metadata(bundle.layout, bundle.crop, bundle.description))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in torch >= 2.10
+            torch.jit.save(traced, str(out), _extra_files={"facemark.json": metadata})
+    result = {"path": str(out), "format": format, "max_difference_px": None}
+    if check:
+        exported = load_weights(out, "cpu", "onnx" if format == "onnx" else "torch")
+        example = _example_input(bundle.crop, batch=3).numpy()
+        difference = np.abs(exported.run(example) - bundle.run(example)).max() * bundle.crop.size
+        result["max_difference_px"] = float(difference)
+    return result
+
+
+# -- command line ---------------------------------------------------------------------------------
+def run_export(args: argparse.Namespace) -> int:
+    """``facemark export``: write the file, check it, print the input/output contract."""
+    result = export_model(args.weights, args.out, args.format, args.opset, args.layout, check=not args.no_check)
+    print(f"wrote {result['path']} ({args.format})")
+    if result["max_difference_px"] is not None:
+        print(f"check: exported vs torch on a batch of 3, max difference {result['max_difference_px']:.2e} crop px")
+    from facemark.inference.predictor import load_weights
+
+    bundle = load_weights(args.out, "cpu", "onnx" if args.format == "onnx" else "torch")
+    size = bundle.crop.size
+    print(f"input  'image': (batch, 3, {size}, {size}) float32, RGB, (pixel/255 - {list(IMAGENET_MEAN)}) / {list(IMAGENET_STD)}")
+    print(f"output 'landmarks': (batch, {bundle.layout.num_points}, 2) float32, crop pixels / {size}")
+    print(f"crop convention: {bundle.crop.to_dict()}; layout {bundle.layout.name}")
+    return 0
