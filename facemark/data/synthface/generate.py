@@ -92,7 +92,9 @@ def _faces(seed: int, split: str, count: int, size: int, workers: int, progress:
             finally:
                 cv2.setNumThreads(threads)
         else:
-            with multiprocessing.get_context().Pool(workers, initializer=_init_worker) as pool:
+            # "spawn", not the default fork: forking a process whose OpenMP/OpenCV thread pools are
+            # already running (e.g. after torch has run) can deadlock the children.
+            with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
                 for face in pool.imap(_make, tasks, chunksize=max(1, min(32, count // (4 * workers) or 1))):
                     yield face
                     if bar is not None:
