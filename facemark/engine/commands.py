@@ -53,6 +53,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.N
         try:
             config = load_config(args.config, overrides)
             if args.print_config:
+                from facemark.engine.methods import METHODS, check_method_options, get_method
+
+                # The printed config must be one that trains: check the method's option names too.
+                check_method_options(get_method(config.model.method, METHODS), config.model.options, config.loss.options)
                 print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
                 return 0
             result = train(config, resume=args.resume)
