@@ -108,6 +108,12 @@ def _add_score(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
     return add_score_arguments(parser)
 
 
+def _add_demo(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    from facemark.engine.demo import add_demo_arguments
+
+    return add_demo_arguments(parser)
+
+
 # --- facemark predict / export / bench (facemark.inference.commands) -----------------------------
 def _add_predict(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     from facemark.inference.commands import add_predict_arguments, run_predict
@@ -131,6 +137,7 @@ def _add_bench(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
 
 
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]]] = {
+    "demo": ("the main job on built-in data: generate SynthFace, train SLPT and an FC baseline, compare them with the mean shape, write a report", _add_demo),
     "layouts": ("list the landmark layouts or describe one", _add_layouts),
     "synth": ("generate a SynthFace dataset in a benchmark's native format, or a preview sheet", _add_synth),
     "train": ("train a model from a YAML recipe with key=value overrides", _add_train),

@@ -100,3 +100,15 @@ def test_timm_backbone_without_timm_is_a_clear_error(monkeypatch):
 def test_unknown_backbone_names_the_choices():
     with pytest.raises(ValueError, match="resnet18"):
         build_backbone("resnet50")
+
+
+def test_mobilenet_v2_can_stop_at_stride_16():
+    import torch
+
+    from facemark.models.mobilenet import mobilenet_v2
+
+    full, truncated = mobilenet_v2(), mobilenet_v2(num_outputs=3)
+    maps = truncated(torch.zeros(1, 3, 64, 64))
+    assert [m.shape[1:] for m in maps] == [(24, 16, 16), (32, 8, 8), (96, 4, 4)]
+    assert truncated.out_channels == (24, 32, 96)
+    assert sum(p.numel() for p in truncated.parameters()) < sum(p.numel() for p in full.parameters()) / 2

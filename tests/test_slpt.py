@@ -355,3 +355,18 @@ def test_compute_of_the_released_configuration():
     report = measure_complexity(build_slpt(SLPTConfig()).eval(), torch.zeros(1, 3, 256, 256))
     assert report.flops == 12_162_398_208  # facts: 12.1624 GFLOP by torch.utils.flop_counter
     assert abs(report.multiply_adds / 6.12e9 - 1) < 0.01  # paper Table 8: 6.12 G
+
+
+def test_centre_head_init_starts_every_stage_at_its_patch_centre():
+    # head_init="centre": t = 0.5 for any input, so every layer of every stage predicts the patch
+    # centre, i.e. the mean face (stage 1 starts there and each stage starts where the last ended).
+    mean_face = torch.rand(29, 2) * 0.6 + 0.2
+    config = SLPTConfig(num_points=29, num_layers=2, embed_dim=64, num_heads=4, feedforward_dim=128,
+                        backbone="mobilenet_v2", head_init="centre")
+    model = build_slpt(config, mean_face=mean_face).eval()
+    with torch.no_grad():
+        output = model(torch.randn(2, 3, 64, 64))
+    for stage in output.stages:
+        torch.testing.assert_close(stage, mean_face.expand_as(stage))
+    with pytest.raises(ValueError, match="head_init"):
+        SLPTConfig(head_init="zeros")

@@ -78,7 +78,8 @@ def _slpt_model(backbone: str, layout: Layout, statistics: Mapping, image_size: 
                 num_stages: int = 3, num_layers: int = 6, patch_samples: int = 7,
                 initial_patch_size: float = 0.25, embed_dim: int = 256, num_heads: int = 8,
                 feedforward_dim: int = 1024, dropout: float = 0.1, use_self_attention: bool = True,
-                use_cross_attention: bool = True, use_structure_encoding: bool = True) -> nn.Module:
+                use_cross_attention: bool = True, use_structure_encoding: bool = True,
+                head_init: str = "release") -> nn.Module:
     from facemark.models.slpt import SLPTConfig, build_slpt
 
     config = SLPTConfig(
@@ -86,7 +87,7 @@ def _slpt_model(backbone: str, layout: Layout, statistics: Mapping, image_size: 
         patch_samples=patch_samples, initial_patch_size=initial_patch_size, embed_dim=embed_dim,
         num_heads=num_heads, feedforward_dim=feedforward_dim, dropout=dropout,
         use_self_attention=use_self_attention, use_cross_attention=use_cross_attention,
-        use_structure_encoding=use_structure_encoding,
+        use_structure_encoding=use_structure_encoding, head_init=head_init,
     )
     return build_slpt(config, mean_face=statistics["mean_face"])
 

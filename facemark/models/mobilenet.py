@@ -58,8 +58,10 @@ class MobileNetV2(nn.Module):
     # (expansion t, channels c, repeats n, first stride s) -- Table 2 of the MobileNetV2 paper.
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
-    def __init__(self, width_mult: float = 1.0, in_channels: int = 3, bn_momentum: float = 0.1):
+    def __init__(self, width_mult: float = 1.0, in_channels: int = 3, bn_momentum: float = 0.1, num_outputs: int = 4):
         super().__init__()
+        if num_outputs not in (1, 2, 3, 4):
+            raise ValueError(f"num_outputs must be 1..4 (C2..C5), got {num_outputs}")
         stem_channels = _make_divisible(32 * width_mult)
         last_channels = _make_divisible(1280 * max(1.0, width_mult))
         layers: list[nn.Module] = [_conv_bn_relu6(in_channels, stem_channels, 3, 2, 1, bn_momentum)]
@@ -79,10 +81,12 @@ class MobileNetV2(nn.Module):
         layers.append(_conv_bn_relu6(previous, last_channels, 1, 1, 1, bn_momentum))
         tap_indices[32] = len(layers) - 1
         tap_channels[32] = last_channels
-        self.features = nn.Sequential(*layers)
-        self._tap_indices = tuple(tap_indices[s] for s in (4, 8, 16, 32))
-        self.out_channels = tuple(tap_channels[s] for s in (4, 8, 16, 32))
-        self.strides = (4, 8, 16, 32)
+        # num_outputs < 4 drops the blocks after the last map returned (they would cost compute
+        # and parameters for nothing).
+        self.strides = (4, 8, 16, 32)[:num_outputs]
+        self._tap_indices = tuple(tap_indices[s] for s in self.strides)
+        self.out_channels = tuple(tap_channels[s] for s in self.strides)
+        self.features = nn.Sequential(*layers[: self._tap_indices[-1] + 1])
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -100,6 +104,7 @@ class MobileNetV2(nn.Module):
         return outputs
 
 
-def mobilenet_v2(width_mult: float = 1.0, in_channels: int = 3, bn_momentum: float = 0.1) -> MobileNetV2:
-    """MobileNetV2 (width 1.0: 2,223,872 parameters without classifier)."""
-    return MobileNetV2(width_mult=width_mult, in_channels=in_channels, bn_momentum=bn_momentum)
+def mobilenet_v2(width_mult: float = 1.0, in_channels: int = 3, bn_momentum: float = 0.1, num_outputs: int = 4) -> MobileNetV2:
+    """MobileNetV2 (width 1.0: 2,223,872 parameters without classifier); ``num_outputs`` = how
+    many of [C2, C3, C4, C5] to compute (3: stop at stride 16)."""
+    return MobileNetV2(width_mult=width_mult, in_channels=in_channels, bn_momentum=bn_momentum, num_outputs=num_outputs)

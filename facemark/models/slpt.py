@@ -42,9 +42,8 @@ __all__ = [
     "build_slpt",
     "MultiheadAttention",
     "InherentRelationLayer",
-    "ResNetMultiScaleFusion",
+    "MultiScaleFusion",
     "resnet34_fused",
-    "MobileNetV2MultiScaleFusion",
     "mobilenet_v2_fused",
     "BACKBONES",
     "sample_local_patches",
@@ -82,6 +81,10 @@ class SLPTConfig:
         use_structure_encoding: learnable P added to the representations R (Table 7).
         backbone: key of :data:`BACKBONES` ("hrnet_w18c_lite", "hrnet_w18c", "resnet34",
             "mobilenet_v2": a light CPU backbone, 128 channels).
+        head_init: "release" (xavier-uniform prediction head, as the authors' code: the first
+            predictions land up to ~1.4 patch sides away from the patch centres) or "centre"
+            (zero weights and bias 0.5: every stage starts exactly at its patch centre, i.e. stage 1
+            at the mean face; facemark's option for short training budgets).
         keep_unused_feature_norm: the release holds a LayerNorm ``feature_norm`` that its forward
             never uses (512 parameters, counted in the paper's 13.19 M). Kept (frozen) by default so
             parameter counts and checkpoints match exactly.
@@ -100,6 +103,7 @@ class SLPTConfig:
     use_cross_attention: bool = True
     use_structure_encoding: bool = True
     backbone: str = "hrnet_w18c_lite"
+    head_init: str = "release"
     keep_unused_feature_norm: bool = True
 
     def __post_init__(self) -> None:
@@ -113,6 +117,7 @@ class SLPTConfig:
              f"a positive multiple of num_heads={self.num_heads}"),
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
             ("backbone", self.backbone in BACKBONES, f"one of {sorted(BACKBONES)}"),
+            ("head_init", self.head_init in ("release", "centre"), "'release' or 'centre'"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -134,92 +139,59 @@ class SLPTOutput:
 # ------------------------------------------------------------------------------------------------
 # Backbones: each maps (B, 3, S, S) to one (B, C, S/4, S/4) map and has ``.out_channels``.
 # ------------------------------------------------------------------------------------------------
-class ResNetMultiScaleFusion(nn.Module):
-    """ResNet34 C2..C5 fused into one stride-4 map (the paper's ResNet34 variant, Sec. 4.3).
+class MultiScaleFusion(nn.Module):
+    """A trunk's multi-scale maps fused into one map at its finest scale (stride 4).
+
+    The HRNetV2 landmark head of the HRNet variant, applied to another trunk: the coarser maps
+    are upsampled to the finest one's resolution (bilinear, align_corners=False), concatenated
+    with it, then 1x1 conv + BN + ReLU to ``out_channels`` and a 1x1 conv (with bias).
+    ``trunk(x)`` must return the list of maps, finest first, with ``trunk.out_channels``.
+    """
+
+    def __init__(self, trunk: nn.Module, out_channels: int, bn_momentum: float):
+        super().__init__()
+        self.trunk = trunk
+        self.out_channels = out_channels
+        self.head = nn.Sequential(
+            nn.Conv2d(sum(trunk.out_channels), out_channels, 1),
+            nn.BatchNorm2d(out_channels, momentum=bn_momentum),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(x)
+        size = features[0].shape[-2:]
+        upsampled = [features[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                                     for f in features[1:]]
+        return self.head(torch.cat(upsampled, dim=1))
+
+
+def resnet34_fused(out_channels: int = 256) -> MultiScaleFusion:
+    """ResNet34 C2..C5 fused into one 256-channel stride-4 map: the paper's SLPT-ResNet34 rows.
 
     The paper only says that representations are extracted "from the output feature maps of
-    stages C2 through C5" (its Appendix A.1 is not available to us), so this is our design: the
-    HRNetV2 landmark head of the HRNet variant applied to the ResNet stages -- C3, C4, C5
-    upsampled to C2's resolution (bilinear, align_corners=False), concatenated with C2
-    (64 + 128 + 256 + 512 = 960 channels), 1x1 conv + BN + ReLU to ``out_channels``, 1x1 conv
-    (with bias). Output (B, out_channels, S/4, S/4), like HRNetW18C-lite's.
+    stages C2 through C5" (Sec. 4.3; its Appendix A.1 is not available to us), so the fusion is
+    our design: :class:`MultiScaleFusion` over 64 + 128 + 256 + 512 = 960 channels, giving
+    (B, 256, S/4, S/4) like HRNetW18C-lite. BN momentum 0.01 as in the released HRNet.
     """
+    from facemark.models.resnet import resnet34
 
-    def __init__(self, out_channels: int = 256, bn_momentum: float = 0.01):
-        super().__init__()
-        from facemark.models.resnet import resnet34  # the SDFL engineer's ResNet; imported on use
-
-        self.resnet = resnet34(bn_momentum=bn_momentum)
-        self.out_channels = out_channels
-        concatenated = sum(self.resnet.out_channels)
-        self.head = nn.Sequential(
-            nn.Conv2d(concatenated, out_channels, 1),
-            nn.BatchNorm2d(out_channels, momentum=bn_momentum),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.resnet(x)  # [C2, C3, C4, C5] at strides 4, 8, 16, 32
-        size = features[0].shape[-2:]
-        upsampled = [features[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-                                     for f in features[1:]]
-        return self.head(torch.cat(upsampled, dim=1))
+    return MultiScaleFusion(resnet34(bn_momentum=0.01), out_channels, bn_momentum=0.01)
 
 
-def resnet34_fused(out_channels: int = 256) -> ResNetMultiScaleFusion:
-    """ResNet34 backbone of the paper's SLPT-ResNet34 rows: C2..C5 fused to a stride-4 map."""
-    return ResNetMultiScaleFusion(out_channels=out_channels)
+def mobilenet_v2_fused(out_channels: int = 128) -> MultiScaleFusion:
+    """A light CPU backbone (facemark's own, not in the paper): MobileNetV2 up to stride 16,
+    C2..C4 (24 + 32 + 96 = 152 channels) fused into one 128-channel stride-4 map.
 
-
-class MobileNetV2MultiScaleFusion(nn.Module):
-    """A light backbone for CPU presets (facemark's own, not in the paper): MobileNetV2 C2..C4
-    fused into one stride-4 map, as :class:`ResNetMultiScaleFusion` fuses ResNet stages.
-
-    Only the MobileNetV2 blocks up to stride 16 run (24 + 32 + 96 = 152 channels at strides 4,
-    8, 16; the stride-32 blocks and the 1280-channel conv are dropped: a landmark patch needs
-    local detail more than image-level context, and they would be ~half the compute). C3 and C4
-    are upsampled to C2's resolution (bilinear), concatenated with C2, then 1x1 conv + BN + ReLU
-    and a 1x1 conv (with bias) to ``out_channels``. Output (B, out_channels, S/4, S/4).
-
-    ``out_channels`` defaults to 128, not 256: the patch embedding costs N x C x K^2 x d
-    multiply-adds per stage (98 x 256 x 49 x 256 = 315 M at C = d = 256, more than the whole
-    trunk at a 128 crop), so the light preset narrows both C and d.
+    The stride-32 blocks are dropped: a landmark patch needs local detail more than image-level
+    context, and they would be about half the compute. 128 channels, not 256: the patch embedding
+    costs N x C x K^2 x d multiply-adds per stage (98 x 256 x 49 x 256 = 315 M at C = d = 256,
+    more than the whole trunk at a 128 crop), so the light preset narrows both C and d.
     """
+    from facemark.models.mobilenet import mobilenet_v2
 
-    def __init__(self, out_channels: int = 128, width_mult: float = 1.0, bn_momentum: float = 0.1):
-        super().__init__()
-        from facemark.models.mobilenet import mobilenet_v2
-
-        trunk = mobilenet_v2(width_mult=width_mult, bn_momentum=bn_momentum)
-        last_tap = trunk._tap_indices[2]  # the last block at stride 16
-        self.blocks = trunk.features[: last_tap + 1]
-        self.tap_indices = tuple(trunk._tap_indices[:3])
-        self.out_channels = out_channels
-        concatenated = sum(trunk.out_channels[:3])
-        self.head = nn.Sequential(
-            nn.Conv2d(concatenated, out_channels, 1),
-            nn.BatchNorm2d(out_channels, momentum=bn_momentum),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = []
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index in self.tap_indices:
-                features.append(x)  # C2, C3, C4 at strides 4, 8, 16
-        size = features[0].shape[-2:]
-        upsampled = [features[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-                                     for f in features[1:]]
-        return self.head(torch.cat(upsampled, dim=1))
-
-
-def mobilenet_v2_fused(out_channels: int = 128) -> MobileNetV2MultiScaleFusion:
-    """MobileNetV2 (width 1.0) C2..C4 fused to a 128-channel stride-4 map: the light CPU backbone
-    of facemark's fast SLPT preset (``configs/synthface_slpt_fast.yaml``)."""
-    return MobileNetV2MultiScaleFusion(out_channels=out_channels)
+    return MultiScaleFusion(mobilenet_v2(num_outputs=3), out_channels, bn_momentum=0.1)
 
 
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
@@ -400,6 +372,10 @@ class SLPT(nn.Module):
         for name, parameter in self.named_parameters():
             if not name.startswith("backbone.") and parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter)
+        if self.config.head_init == "centre":
+            # t = 0.5 for every input: each stage's first guess is its patch centre (eq. 7).
+            nn.init.zeros_(self.prediction_head.weight)
+            nn.init.constant_(self.prediction_head.bias, 0.5)
 
     def stage_half_sizes(self) -> list[float]:
         """Half patch side per stage (release: 8/64, 4/64, 2/64): halved at every stage."""
