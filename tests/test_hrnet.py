@@ -7,7 +7,8 @@ import torch
 from facemark.models.hrnet import hrnet_w18c, hrnet_w18c_lite, load_imagenet_hrnet
 
 torch.set_num_threads(1)
-FACTS = Path("/work/shared/facts/slpt_official_state_dict_wflw98_6layers.txt")
+# The authors' released key list (key<TAB>shape), shipped with the tests (from shared/facts).
+OFFICIAL_KEYS = Path(__file__).parent / "data" / "slpt_official_state_dict_wflw98_6layers.txt"
 
 
 def _count(module):
@@ -36,13 +37,12 @@ def test_lite_size_and_release_key_names():
     for key, shape in expected_shapes.items():
         assert tuple(state[key].shape) == shape, key
     assert all(m.momentum == 0.01 for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    if FACTS.is_file():  # the full list, where the project's facts are at hand
-        official = {}
-        for line in FACTS.read_text().splitlines():
-            key, shape = line.split("\t")
-            if key.startswith("backbone."):
-                official[key[len("backbone."):]] = shape.strip()
-        assert {k: str(tuple(v.shape)) for k, v in state.items()} == official
+    official = {}
+    for line in OFFICIAL_KEYS.read_text().splitlines():
+        key, shape = line.split("\t")
+        if key.startswith("backbone."):
+            official[key[len("backbone."):]] = shape.strip()
+    assert {k: str(tuple(v.shape)) for k, v in state.items()} == official
 
 
 def test_shapes_and_branches():

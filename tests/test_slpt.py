@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from slpt_reference import ReferenceSLPT, reference_crop  # noqa: E402  (the authors' computation, re-implemented)
 
 torch.set_num_threads(1)
-FACTS = Path("/work/shared/facts")
+# The authors' released key lists (key<TAB>shape), shipped with the tests (from shared/facts).
+OFFICIAL_KEYS = Path(__file__).parent / "data"
 
 
 def _random_mean_face(num_points, seed=0):
@@ -147,11 +148,10 @@ def test_official_layout_matches_release_key_list():
     for key, shape in spot_checks.items():
         assert tuple(official[key].shape) == shape, key
     for num_layers in (6, 12):
-        facts_file = FACTS / f"slpt_official_state_dict_wflw98_{num_layers}layers.txt"
-        if facts_file.is_file():  # the full key lists, where the project's facts are at hand
-            expected = dict(line.split("\t") for line in facts_file.read_text().splitlines())
-            ours = _official_state(num_layers=num_layers)
-            assert {k: str(tuple(v.shape)) for k, v in ours.items()} == {k: v.strip() for k, v in expected.items()}
+        keys_file = OFFICIAL_KEYS / f"slpt_official_state_dict_wflw98_{num_layers}layers.txt"
+        expected = dict(line.split("\t") for line in keys_file.read_text().splitlines())
+        ours = _official_state(num_layers=num_layers)
+        assert {k: str(tuple(v.shape)) for k, v in ours.items()} == {k: v.strip() for k, v in expected.items()}
 
 
 def test_official_round_trip_and_loader(tmp_path):
