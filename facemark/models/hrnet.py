@@ -20,12 +20,13 @@ SLPT checkpoints' ``backbone.*`` keys and the standard ImageNet file
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from facemark.models.weights import load_matching_weights, summarise
 
 __all__ = [
     "BasicBlock",
@@ -37,7 +38,6 @@ __all__ = [
     "load_imagenet_hrnet",
 ]
 
-logger = logging.getLogger(__name__)
 
 BN_MOMENTUM = 0.01  # as in the released HRNet / SLPT code
 BRANCH_WIDTHS_W18 = (18, 36, 72, 144)
@@ -255,41 +255,14 @@ def load_imagenet_hrnet(module: nn.Module, path: str | Path, map_location: str =
     Args:
         module: the HRNet (for an SLPT model pass ``model.backbone``).
         path: a local ``.pth`` file (a state dict, or a dict holding one under ``"state_dict"``;
-            a ``"module."`` prefix from DataParallel is removed). Nothing is downloaded.
+            a ``"module."`` / ``"backbone."`` prefix is removed). Nothing is downloaded.
 
     Returns:
         ``{"matched": [...], "missing": [...], "unexpected": [...], "shape_mismatch": [...]}``
         (key names; ``shape_mismatch`` entries read ``"key: file (..) vs module (..)"``), the same
         form as :func:`facemark.models.resnet.load_imagenet_resnet`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ImageNet HRNet weights not found: {path} (facemark never downloads weights)")
-    loaded = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(loaded).__name__}")
-    file_state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in loaded.items()}
-
-    own_state = module.state_dict()
-    report: dict[str, list[str]] = {"matched": [], "missing": [], "unexpected": [], "shape_mismatch": []}
-    to_load = {}
-    for key, value in file_state.items():
-        if key not in own_state:
-            report["unexpected"].append(key)
-        elif tuple(value.shape) != tuple(own_state[key].shape):
-            report["shape_mismatch"].append(
-                f"{key}: file {tuple(value.shape)} vs module {tuple(own_state[key].shape)}")
-        else:
-            to_load[key] = value
-            report["matched"].append(key)
-    report["missing"] = [key for key in own_state if key not in file_state]
-    summary = "; ".join(f"{name} {len(keys)}" + (f" (e.g. {', '.join(keys[:3])})" if keys and name != "matched" else "")
-                        for name, keys in report.items())
+    report = load_matching_weights(module, path, "ImageNet HRNet", map_location=map_location)
     if not report["matched"]:
-        raise ValueError(f"{path}: no key of the file fits the module ({summary}); is it an HRNet state dict?")
-    module.load_state_dict(to_load, strict=False)
-    log = logger.warning if report["shape_mismatch"] else logger.info
-    log("load_imagenet_hrnet(%s): %s", path, summary)
+        raise ValueError(f"{path}: no key of the file fits the module ({summarise(report)}); is it an HRNet state dict?")
     return report

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from facemark.models.weights import load_matching_weights
+
 __all__ = ["BasicBlock", "ResNet", "resnet18", "resnet34", "load_imagenet_resnet"]
 
 
@@ -113,40 +115,4 @@ def load_imagenet_resnet(module: ResNet, path: str | Path, strict: bool = False)
     "unexpected": [...], "shape_mismatch": [...]}`` (key names); with ``strict=True`` any missing or
     mismatched key raises. Nothing is downloaded: ``path`` must be a local file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ImageNet ResNet weights not found: {path} (facemark never downloads weights)")
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(loaded, dict):
-        for wrapper_key in ("state_dict", "model"):
-            if wrapper_key in loaded and isinstance(loaded[wrapper_key], dict):
-                loaded = loaded[wrapper_key]
-                break
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got {type(loaded).__name__}")
-
-    source: dict[str, torch.Tensor] = {}
-    for key, value in loaded.items():
-        for prefix in ("module.", "backbone."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        source[key] = value
-
-    own = module.state_dict()
-    matched, shape_mismatch = [], []
-    to_load = {}
-    for key, value in source.items():
-        if key not in own:
-            continue
-        if tuple(own[key].shape) != tuple(value.shape):
-            shape_mismatch.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
-            continue
-        to_load[key] = value
-        matched.append(key)
-    missing = [key for key in own if key not in source]
-    unexpected = [key for key in source if key not in own]
-    if strict and (missing or shape_mismatch):
-        raise ValueError(f"{path}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                         f"shape mismatches: {shape_mismatch[:3]}")
-    module.load_state_dict(to_load, strict=False)
-    return {"matched": matched, "missing": missing, "unexpected": unexpected, "shape_mismatch": shape_mismatch}
+    return load_matching_weights(module, path, "ImageNet ResNet", strict=strict)

@@ -1,0 +1,81 @@
+"""Loading pretrained weight files by parameter name (the ImageNet initialisation of backbones).
+
+One implementation for every backbone (:func:`facemark.models.hrnet.load_imagenet_hrnet`,
+:func:`facemark.models.resnet.load_imagenet_resnet`): nothing is downloaded, nothing is skipped
+silently -- every key ends up in the returned report as matched, missing, unexpected or
+shape-mismatched.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["read_state_dict", "load_matching_weights"]
+
+logger = logging.getLogger(__name__)
+
+# Prefixes that wrapping adds to key names: DataParallel ("module.") and a model holding the
+# network as its backbone ("backbone.").
+_WRAPPER_PREFIXES = ("module.", "backbone.")
+
+
+def read_state_dict(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a local ``.pth`` state dict (a plain one, or inside a ``"state_dict"`` / ``"model"``
+    entry) with ``weights_only=True``; ``what`` names the weights in the errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} weights not found: {path} (facemark never downloads weights)")
+    loaded = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(loaded, dict):
+        for wrapper_key in ("state_dict", "model"):
+            if isinstance(loaded.get(wrapper_key), dict):
+                loaded = loaded[wrapper_key]
+                break
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(loaded).__name__}")
+    return loaded
+
+
+def load_matching_weights(module: nn.Module, path: str | Path, what: str, strict: bool = False,
+                          map_location: str | torch.device = "cpu") -> dict[str, list[str]]:
+    """Load the tensors of ``path`` whose names (wrapper prefixes removed) and shapes fit ``module``.
+
+    Returns ``{"matched", "missing", "unexpected", "shape_mismatch"}`` lists of key names
+    (``shape_mismatch`` entries read ``"key: file (..) vs module (..)"``), also logged. With
+    ``strict=True`` a missing or mis-shaped key is an error.
+    """
+    file_state = {}
+    for key, value in read_state_dict(path, what, map_location).items():
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        file_state[key] = value
+
+    own_state = module.state_dict()
+    report: dict[str, list[str]] = {"matched": [], "missing": [], "unexpected": [], "shape_mismatch": []}
+    to_load = {}
+    for key, value in file_state.items():
+        if key not in own_state:
+            report["unexpected"].append(key)
+        elif tuple(value.shape) != tuple(own_state[key].shape):
+            report["shape_mismatch"].append(f"{key}: file {tuple(value.shape)} vs module {tuple(own_state[key].shape)}")
+        else:
+            to_load[key] = value
+            report["matched"].append(key)
+    report["missing"] = [key for key in own_state if key not in file_state]
+    if strict and (report["missing"] or report["shape_mismatch"]):
+        raise ValueError(f"{path}: {len(report['missing'])} missing keys (e.g. {report['missing'][:3]}), "
+                         f"shape mismatches: {report['shape_mismatch'][:3]}")
+    module.load_state_dict(to_load, strict=False)
+    log = logger.warning if report["shape_mismatch"] else logger.info
+    log("%s weights from %s: %s", what, path, summarise(report))
+    return report
+
+
+def summarise(report: dict[str, list[str]]) -> str:
+    """One line: the count of each kind of key, with examples of the non-matching ones."""
+    return "; ".join(f"{name} {len(keys)}" + (f" (e.g. {', '.join(keys[:3])})" if keys and name != "matched" else "")
+                     for name, keys in report.items())
