@@ -106,7 +106,7 @@ def test_sampling_equals_index_arithmetic_and_clamps_boxes():
                             [[1.2, -0.3], [0.0, 1.0], [0.45, 0.55]]], dtype=torch.float64)
     patches, box_min, box_size = sample_local_patches(feature_map, centres, 0.125, 7)
     expected, expected_min, expected_size = reference_crop(feature_map, centres, 0.125, 7)
-    assert torch.allclose(patches.permute(0, 2, 1, 3, 4).reshape(expected.shape), expected, atol=1e-12)
+    assert torch.allclose(patches.reshape(expected.shape), expected, atol=1e-12)
     assert torch.equal(box_min, expected_min) and torch.allclose(box_size, expected_size)
     # Clamped, not shifted: a landmark at x=0.01 has the box 0 .. 0.135; one at 1.2 an empty box at 1.
     assert box_min[0, 0, 0] == 0 and torch.isclose(box_size[0, 0, 0], torch.tensor(0.135, dtype=torch.float64))
@@ -115,6 +115,45 @@ def test_sampling_equals_index_arithmetic_and_clamps_boxes():
     trainable_centres = centres.clone().requires_grad_(True)
     patches, box_min, box_size = sample_local_patches(feature_map, trainable_centres, 0.125, 7)
     assert not (patches.requires_grad or box_min.requires_grad or box_size.requires_grad)
+
+
+def test_training_sampling_matches_index_arithmetic_in_values_and_gradients():
+    # With a gradient needed on CPU the patches come from a sparse matrix product (a faster
+    # backward than grid_sample's); the test above covers the grid_sample path. Both must equal
+    # the reference's index arithmetic, borders included, and so must the feature-map gradient.
+    torch.manual_seed(0)
+    feature_map = torch.randn(2, 6, 9, 11, dtype=torch.float64)
+    centres = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.37, 0.81], [0.05, 0.97]],
+                            [[1.3, -0.2], [0.5, 0.5], [0.99, 0.02], [0.61, 0.33]]], dtype=torch.float64)
+    weights = torch.randn(2 * 4, 6, 5, 5, dtype=torch.float64)
+
+    source = feature_map.clone().requires_grad_(True)
+    patches, box_min, box_size = sample_local_patches(source, centres, 0.2, 5)
+    patches = patches.reshape(weights.shape)
+    (patches * weights).sum().backward()
+
+    reference_source = feature_map.clone().requires_grad_(True)
+    expected, expected_min, expected_size = reference_crop(reference_source, centres, 0.2, 5)
+    (expected * weights).sum().backward()
+    assert torch.allclose(patches, expected, atol=1e-12)
+    assert torch.allclose(source.grad, reference_source.grad, atol=1e-12)
+    assert torch.equal(box_min, expected_min) and torch.allclose(box_size, expected_size)
+    # The export path (row gathers, used inside ONNX exports) gives the same samples.
+    from facemark.models.slpt import _bilinear_by_row_gather
+
+    steps = torch.linspace(0, 1, 5, dtype=torch.float64)
+    sample_x = (box_min[..., 0, None] + box_size[..., 0, None] * steps).unsqueeze(-2).expand(2, 4, 5, 5)
+    sample_y = (box_min[..., 1, None] + box_size[..., 1, None] * steps).unsqueeze(-1).expand(2, 4, 5, 5)
+    gathered = _bilinear_by_row_gather(feature_map, sample_x, sample_y).view(2, 4, 5, 5, 6).permute(0, 1, 4, 2, 3)
+    assert torch.allclose(gathered.reshape(weights.shape), expected, atol=1e-12)
+    # The patch embedding reads both memory layouts (channels-last from the sparse product) alike.
+    model = build_slpt(SLPTConfig(num_points=4, num_layers=1, patch_samples=5, embed_dim=8, num_heads=2,
+                                  backbone="mobilenet_v2"), mean_face=torch.rand(4, 2)).double()
+    model.patch_embedding = torch.nn.Conv2d(6, 8, 5, bias=False).double()
+    training_patches = sample_local_patches(feature_map.clone().requires_grad_(True), centres, 0.2, 5)[0]
+    assert training_patches.permute(0, 1, 3, 4, 2).is_contiguous()
+    assert torch.allclose(model.embed_patches(training_patches), model.embed_patches(training_patches.contiguous()),
+                          atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,6 +289,8 @@ ABLATIONS = {
     "no_structure_encoding": dict(use_structure_encoding=False),
     "full_hrnet_backbone": dict(backbone="hrnet_w18c"),
     "resnet34_backbone": dict(backbone="resnet34"),
+    "resnet18_backbone": dict(backbone="resnet18", embed_dim=128),
+    "mobilenet_v2_backbone": dict(backbone="mobilenet_v2", embed_dim=128),
 }
 
 
@@ -321,6 +362,10 @@ def test_loss_is_equation_8_with_stage_weights():
     output = SLPTOutput([target.unsqueeze(1) + 0.01])
     expected = (0.01 * 2 ** 0.5) / (target[:, 60] - target[:, 72]).norm(dim=-1)
     assert torch.isclose(slpt_loss(output, target, wflw), expected.mean())
+    # facemark's option: the error in crop sides, every face weighted alike (no inter-ocular division).
+    assert torch.isclose(slpt_loss(output, target, wflw, normalisation="crop"), torch.tensor(0.01 * 2 ** 0.5))
+    with pytest.raises(ValueError, match="normalisation"):
+        slpt_loss(output, target, wflw, normalisation="pupils")
 
 
 def test_mean_faces():

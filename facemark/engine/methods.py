@@ -79,7 +79,7 @@ def _slpt_model(backbone: str, layout: Layout, statistics: Mapping, image_size: 
                 initial_patch_size: float = 0.25, embed_dim: int = 256, num_heads: int = 8,
                 feedforward_dim: int = 1024, dropout: float = 0.1, use_self_attention: bool = True,
                 use_cross_attention: bool = True, use_structure_encoding: bool = True,
-                head_init: str = "release") -> nn.Module:
+                head_init: str = "release", embedding_init: str = "release") -> nn.Module:
     from facemark.models.slpt import SLPTConfig, build_slpt
 
     config = SLPTConfig(
@@ -87,19 +87,24 @@ def _slpt_model(backbone: str, layout: Layout, statistics: Mapping, image_size: 
         patch_samples=patch_samples, initial_patch_size=initial_patch_size, embed_dim=embed_dim,
         num_heads=num_heads, feedforward_dim=feedforward_dim, dropout=dropout,
         use_self_attention=use_self_attention, use_cross_attention=use_cross_attention,
-        use_structure_encoding=use_structure_encoding, head_init=head_init,
+        use_structure_encoding=use_structure_encoding, head_init=head_init, embedding_init=embedding_init,
     )
     return build_slpt(config, mean_face=statistics["mean_face"])
 
 
 def _slpt_loss(layout: Layout, statistics: Mapping, image_size: int, *,
-               stage_weights: list[float] | None = None) -> Callable:
+               stage_weights: list[float] | None = None, normalisation: str = "inter_ocular") -> Callable:
     from facemark.models.slpt import slpt_loss
 
     # Eq. 8: L2 error normalised by the inter-ocular distance, summed over stages with
     # weights (release: 0.2, 0.3, 0.5), averaged over every layer (intermediate supervision).
+    # normalisation="crop" (facemark's option) drops the inter-ocular division.
+    if normalisation not in ("inter_ocular", "crop"):
+        raise ConfigError(f"config key 'loss.options.normalisation': expected 'inter_ocular' or 'crop', "
+                          f"got {normalisation!r}")
+
     def loss(output, target: torch.Tensor) -> torch.Tensor:
-        return slpt_loss(output, target, layout, stage_weights=stage_weights)
+        return slpt_loss(output, target, layout, stage_weights=stage_weights, normalisation=normalisation)
 
     return loss
 

@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 # Defined here so that --help needs neither torch nor ONNX; export.py and bench.py import them.
-# ONNX has GridSample (SLPT's patch sampling) from opset 16.
+# The lowest opset facemark's exports are tested with (tests/test_export.py).
 DEFAULT_OPSET = 17
 MIN_OPSET = 16
 BENCH_PRESETS = {
@@ -60,7 +60,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="a facemark checkpoint (.pt) or an authors' SLPT checkpoint (.pth)")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="output format (default: onnx)")
     parser.add_argument("--out", required=True, help="the file to write (e.g. slpt.onnx, slpt.ts)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}; at least {MIN_OPSET} for GridSample)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}; at least {MIN_OPSET})")
     parser.add_argument("--layout", default=None, help="layout of an authors' checkpoint whose point count is not 98 or 68 (a name or YAML file)")
     parser.add_argument("--no-check", action="store_true", help="skip running the exported model against the torch model")
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Callable, Sequence
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,7 @@ __all__ = [
     "MultiScaleFusion",
     "resnet34_fused",
     "mobilenet_v2_fused",
+    "resnet18_fused",
     "BACKBONES",
     "sample_local_patches",
     "slpt_loss",
@@ -85,6 +88,14 @@ class SLPTConfig:
             predictions land up to ~1.4 patch sides away from the patch centres) or "centre"
             (zero weights and bias 0.5: every stage starts exactly at its patch centre, i.e. stage 1
             at the mean face; facemark's option for short training budgets).
+        embedding_init: "release" (the authors' code: xavier-uniform over the (1, N, d) landmark
+            queries Q and structure encoding P, whose fan-in N*d makes them tiny, std ~0.009 at
+            N=98, d=256) or "normal" (N(0, 1), as DETR's query embeddings; facemark's option for
+            short training budgets). With the release init a landmark's query and key hardly say
+            which landmark they belong to next to the patch content (LN(T) has unit scale, R
+            grows to several units), so cross-attention stays near uniform until Adam has grown
+            Q and P ~100x: on SynthFace after 450 steps the attention's largest weight was 0.015
+            against 0.010 for uniform.
         keep_unused_feature_norm: the release holds a LayerNorm ``feature_norm`` that its forward
             never uses (512 parameters, counted in the paper's 13.19 M). Kept (frozen) by default so
             parameter counts and checkpoints match exactly.
@@ -104,6 +115,7 @@ class SLPTConfig:
     use_structure_encoding: bool = True
     backbone: str = "hrnet_w18c_lite"
     head_init: str = "release"
+    embedding_init: str = "release"
     keep_unused_feature_norm: bool = True
 
     def __post_init__(self) -> None:
@@ -118,6 +130,7 @@ class SLPTConfig:
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
             ("backbone", self.backbone in BACKBONES, f"one of {sorted(BACKBONES)}"),
             ("head_init", self.head_init in ("release", "centre"), "'release' or 'centre'"),
+            ("embedding_init", self.embedding_init in ("release", "normal"), "'release' or 'normal'"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -180,6 +193,17 @@ def resnet34_fused(out_channels: int = 256) -> MultiScaleFusion:
     return MultiScaleFusion(resnet34(bn_momentum=0.01), out_channels, bn_momentum=0.01)
 
 
+def resnet18_fused(out_channels: int = 128) -> MultiScaleFusion:
+    """A CPU backbone (facemark's own, not in the paper): ResNet18 C2..C5 (64 + 128 + 256 + 512 =
+    960 channels) fused into one 128-channel stride-4 map, as :func:`resnet34_fused` but shallower
+    and narrower (128 channels, see :func:`mobilenet_v2_fused` on why). On a CPU its training step
+    costs about the same as MobileNetV2's (depthwise convolutions are slow there) and it learns
+    faster from scratch: the SynthFace CPU presets use it."""
+    from facemark.models.resnet import resnet18
+
+    return MultiScaleFusion(resnet18(), out_channels, bn_momentum=0.1)
+
+
 def mobilenet_v2_fused(out_channels: int = 128) -> MultiScaleFusion:
     """A light CPU backbone (facemark's own, not in the paper): MobileNetV2 up to stride 16,
     C2..C4 (24 + 32 + 96 = 152 channels) fused into one 128-channel stride-4 map.
@@ -199,6 +223,7 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "hrnet_w18c": hrnet_w18c,
     "resnet34": resnet34_fused,
     "mobilenet_v2": mobilenet_v2_fused,
+    "resnet18": resnet18_fused,
 }
 
 
@@ -216,17 +241,26 @@ def sample_local_patches(feature_map: torch.Tensor, centres: torch.Tensor, half_
     ``align_corners=True`` and border padding. Positions are detached (paper: no gradient flows
     to the coordinates through the crop).
 
+    Three implementations of the same sampling (equal to float rounding, see
+    ``tests/test_slpt.py``), each where it is fastest: ``grid_sample`` by default; when a CPU
+    training step needs the gradient of the feature map, a product with a sparse
+    (B*N*K*K, B*H*W) matrix of bilinear weights (4 per row), whose backward is a transposed sparse
+    product, about 2x faster on CPU than ``grid_sample``'s backward (which was the largest single
+    cost of a CPU training step); and in ONNX exports, four row gathers of the channels-last
+    pixels (ONNX ``Gather``), which ONNX Runtime's CPU runs ~4x faster than its ``GridSample``.
+
     Args:
-        feature_map: (B, C, H, W).
+        feature_map: (B, C, H, W), H and W >= 2.
         centres: (B, N, 2) landmark (x, y) in normalised crop coordinates.
         half_size: half the patch side, normalised (stage 1 of the release: 8 / 64).
         num_samples: K.
 
     Returns:
-        patches (B, C, N, K, K) with rows = y samples and columns = x samples, and the boxes'
-        ``box_min`` and ``box_size`` (B, N, 2) for eq. 7.
+        patches (B, N, C, K, K) with rows = y samples and columns = x samples (from the sparse
+        product: a view of (B, N, K, K, C) memory, which :meth:`SLPT.embed_patches` reads without a
+        copy), and the boxes' ``box_min`` and ``box_size`` (B, N, 2) for eq. 7.
     """
-    batch, channels = feature_map.shape[:2]
+    batch, channels, height, width = feature_map.shape
     num_points = centres.shape[1]
     centres = centres.detach()
     box_min = (centres - half_size).clamp(0.0, 1.0)
@@ -235,10 +269,72 @@ def sample_local_patches(feature_map: torch.Tensor, centres: torch.Tensor, half_
     samples = box_min.unsqueeze(-2) + box_size.unsqueeze(-2) * steps[:, None]  # (B, N, K, 2)
     x = samples[..., 0].unsqueeze(-2).expand(batch, num_points, num_samples, num_samples)  # [.., row, col] = x_col
     y = samples[..., 1].unsqueeze(-1).expand(batch, num_points, num_samples, num_samples)  # [.., row, col] = y_row
-    grid = torch.stack((x, y), dim=-1) * 2.0 - 1.0  # grid_sample wants [-1, 1]
-    grid = grid.reshape(batch, num_points * num_samples, num_samples, 2).to(feature_map.dtype)
-    patches = F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return patches.view(batch, channels, num_points, num_samples, num_samples), box_min, box_size
+    if _sample_by_sparse_product(feature_map) or torch.onnx.is_in_onnx_export():
+        sample = _bilinear_by_sparse_product if _sample_by_sparse_product(feature_map) else _bilinear_by_row_gather
+        patches = sample(feature_map, x, y)  # (B, N*K*K, C)
+        patches = patches.view(batch, num_points, num_samples, num_samples, channels).permute(0, 1, 4, 2, 3)
+    else:
+        grid = torch.stack((x, y), dim=-1) * 2.0 - 1.0  # grid_sample wants [-1, 1]
+        grid = grid.reshape(batch, num_points * num_samples, num_samples, 2).to(feature_map.dtype)
+        patches = F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        patches = patches.view(batch, channels, num_points, num_samples, num_samples).transpose(1, 2)
+    return patches, box_min, box_size
+
+
+def _sample_by_sparse_product(feature_map: torch.Tensor) -> bool:
+    """The sparse product serves CPU steps that need the feature map's gradient, in eager mode;
+    exports (ONNX, TorchScript) and torch.compile get grid_sample, which they support."""
+    return (feature_map.device.type == "cpu" and feature_map.requires_grad and torch.is_grad_enabled()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())
+
+
+def _bilinear_by_row_gather(feature_map: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples (align_corners=True; x, y in [0, 1], any shape (B, ...)) of ``feature_map``
+    (B, C, H, W) from four row gathers of its (B*H*W, C) pixels. Returns (B, samples per image, C)."""
+    batch, channels, height, width = feature_map.shape
+    column = x.reshape(batch, -1).to(feature_map.dtype) * (width - 1)
+    row = y.reshape(batch, -1).to(feature_map.dtype) * (height - 1)
+    column0 = column.floor().clamp(0, width - 2)  # top-left neighbour, one pixel inside (see below)
+    row0 = row.floor().clamp(0, height - 2)
+    weight_x, weight_y = (column - column0).unsqueeze(-1), (row - row0).unsqueeze(-1)
+    image_offset = torch.arange(batch, device=feature_map.device).unsqueeze(1) * (height * width)
+    top_left = image_offset + row0.long() * width + column0.long()
+    pixels = feature_map.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+
+    def neighbour(offset: int) -> torch.Tensor:
+        return pixels.index_select(0, (top_left + offset).reshape(-1)).view(batch, -1, channels)
+
+    return ((neighbour(0) * (1 - weight_x) + neighbour(1) * weight_x) * (1 - weight_y)
+            + (neighbour(width) * (1 - weight_x) + neighbour(width + 1) * weight_x) * weight_y)
+
+
+def _bilinear_by_sparse_product(feature_map: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples (align_corners=True; x, y in [0, 1], any shape (B, ...)) of ``feature_map``
+    (B, C, H, W) as ``weights @ pixels``: a sparse CSR matrix with the 4 bilinear weights of each
+    sample times the (B*H*W, C) pixel rows. Returns (B, samples per image, C)."""
+    batch, channels, height, width = feature_map.shape
+    column = x.reshape(batch, -1).to(feature_map.dtype) * (width - 1)
+    row = y.reshape(batch, -1).to(feature_map.dtype) * (height - 1)
+    # The top-left neighbour, kept one pixel inside so that a sample on the last row / column is
+    # read with weight 1 on it (no out-of-range index).
+    column0 = column.floor().clamp(0, width - 2)
+    row0 = row.floor().clamp(0, height - 2)
+    weight_x, weight_y = column - column0, row - row0
+    image_offset = torch.arange(batch, device=feature_map.device).unsqueeze(1) * (height * width)
+    top_left = (image_offset + row0.long() * width + column0.long()).reshape(-1)
+    columns = torch.stack((top_left, top_left + 1, top_left + width, top_left + width + 1), dim=1)
+    weight_x, weight_y = weight_x.reshape(-1), weight_y.reshape(-1)
+    values = torch.stack(((1 - weight_x) * (1 - weight_y), weight_x * (1 - weight_y),
+                          (1 - weight_x) * weight_y, weight_x * weight_y), dim=1)
+    num_rows = top_left.numel()
+    row_starts = torch.arange(0, 4 * num_rows + 1, 4, device=feature_map.device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": this use is covered by tests
+        warnings.simplefilter("ignore", UserWarning)
+        weights = torch.sparse_csr_tensor(row_starts, columns.reshape(-1), values.reshape(-1),
+                                          size=(num_rows, batch * height * width), check_invariants=False)
+    pixels = feature_map.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+    return (weights @ pixels).view(batch, -1, channels)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -372,6 +468,10 @@ class SLPT(nn.Module):
         for name, parameter in self.named_parameters():
             if not name.startswith("backbone.") and parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter)
+        if self.config.embedding_init == "normal":
+            for embedding in (self.landmark_queries, self.structure_encoding):
+                if embedding is not None:
+                    nn.init.normal_(embedding)
         if self.config.head_init == "centre":
             # t = 0.5 for every input: each stage's first guess is its patch centre (eq. 7).
             nn.init.zeros_(self.prediction_head.weight)
@@ -382,10 +482,13 @@ class SLPT(nn.Module):
         return [self.config.initial_patch_size / 2 / 2 ** stage for stage in range(self.config.num_stages)]
 
     def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
-        """(B, C, N, K, K) patches -> (B, N, d) tokens: the KxK conv as one matmul."""
-        batch, channels, num_points = patches.shape[:3]
-        flat = patches.permute(0, 2, 1, 3, 4).reshape(batch, num_points, -1)  # (B, N, C*K*K), conv order
-        return F.linear(flat, self.patch_embedding.weight.flatten(1))
+        """(B, N, C, K, K) patches -> (B, N, d) tokens: the KxK conv as one matmul. Patches held
+        channels-last in memory (the training path's sparse product) meet the conv weight permuted
+        to that order, a small copy; others are flattened in the conv's (C, K, K) order."""
+        weight = self.patch_embedding.weight  # (d, C, K, K)
+        if patches.permute(0, 1, 3, 4, 2).is_contiguous():
+            return F.linear(patches.permute(0, 1, 3, 4, 2).flatten(2), weight.permute(0, 2, 3, 1).flatten(1))
+        return F.linear(patches.flatten(2), weight.flatten(1))
 
     def relate(self, representations: torch.Tensor) -> torch.Tensor:
         """Inherent relation layers on the tokens R (B, N, d) -> normalised outputs (B, L, N, d)."""
@@ -453,7 +556,7 @@ def _inter_ocular_distance(target: torch.Tensor, inter_ocular) -> torch.Tensor:
 
 
 def slpt_loss(output: SLPTOutput, target: torch.Tensor, inter_ocular,
-              stage_weights: Sequence[float] | None = None) -> torch.Tensor:
+              stage_weights: Sequence[float] | None = None, normalisation: str = "inter_ocular") -> torch.Tensor:
     """Normalised L2 loss over all stages and all layers (eq. 8).
 
     Per stage: mean over batch, layers and points of ``||pred - gt|| / d``, with d the ground-truth
@@ -466,6 +569,9 @@ def slpt_loss(output: SLPTOutput, target: torch.Tensor, inter_ocular,
             300W (36, 45), COFW (8, 9)).
         stage_weights: one weight per stage. ``None``: the release's (0.2, 0.3, 0.5) for 3 stages,
             else uniform 1/S as in eq. 8.
+        normalisation: "inter_ocular" (eq. 8) or "crop" (d = 1: the error in crop sides, a
+            facemark option). With eq. 8 a face in profile, whose eye corners nearly coincide,
+            weighs many times a frontal one; "crop" weighs every face alike.
     """
     num_stages = len(output.stages)
     if stage_weights is None:
@@ -474,7 +580,12 @@ def slpt_loss(output: SLPTOutput, target: torch.Tensor, inter_ocular,
         raise ValueError(f"{len(stage_weights)} stage weights for {num_stages} stages")
     if target.shape != output.landmarks.shape:
         raise ValueError(f"target shape {tuple(target.shape)} != prediction shape {tuple(output.landmarks.shape)}")
-    distance = _inter_ocular_distance(target, inter_ocular)
+    if normalisation == "inter_ocular":
+        distance = _inter_ocular_distance(target, inter_ocular)
+    elif normalisation == "crop":
+        distance = target.new_ones(target.shape[0])
+    else:
+        raise ValueError(f"normalisation = {normalisation!r}; expected 'inter_ocular' or 'crop'")
     loss = target.new_zeros(())
     for weight, stage in zip(stage_weights, output.stages):
         error = (stage - target.unsqueeze(1)).norm(dim=-1)  # (B, L, N)
