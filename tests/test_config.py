@@ -119,6 +119,12 @@ def test_method_options_are_checked_against_the_builder():
         check_method_options(method, {}, {"weights": [1]})
     with pytest.raises(ConfigError, match="unknown method 'slpr'"):
         get_method("slpr", METHODS)
+    # A known option with a wrong value names the key and the allowed values.
+    from facemark.layouts import get_layout
+
+    method.build_loss(get_layout("wflw98"), {}, 128, normalisation="crop")
+    with pytest.raises(ConfigError, match="loss.options.normalisation.*'inter_ocular' or 'crop'"):
+        method.build_loss(get_layout("wflw98"), {}, 128, normalisation="pupils")
 
 
 def test_augmentation_overrides_are_checked():

@@ -402,6 +402,18 @@ def test_compute_of_the_released_configuration():
     assert abs(report.multiply_adds / 6.12e9 - 1) < 0.01  # paper Table 8: 6.12 G
 
 
+def test_embedding_init_normal_gives_unit_scale_queries_and_structure_encoding():
+    torch.manual_seed(0)
+    release = build_slpt(SLPTConfig(num_points=98, num_layers=1), mean_face=torch.rand(98, 2))
+    normal = build_slpt(SLPTConfig(num_points=98, num_layers=1, embedding_init="normal"), mean_face=torch.rand(98, 2))
+    for name in ("landmark_queries", "structure_encoding"):
+        # Release: xavier over (1, 98, 256) -> bound sqrt(6 / (98 * 256 + 256)), std ~0.009.
+        assert getattr(release, name).abs().max() <= (6 / (98 * 256 + 256)) ** 0.5 + 1e-7
+        assert 0.95 < getattr(normal, name).std().item() < 1.05
+    with pytest.raises(ValueError, match="embedding_init"):
+        SLPTConfig(embedding_init="zeros")
+
+
 def test_centre_head_init_starts_every_stage_at_its_patch_centre():
     # head_init="centre": t = 0.5 for any input, so every layer of every stage predicts the patch
     # centre, i.e. the mean face (stage 1 starts there and each stage starts where the last ended).

@@ -1,0 +1,61 @@
+"""Batch-1 latency of the fast SLPT preset (``configs/synthface_slpt_fast.yaml``: MobileNetV2
+backbone, d = 128, 2 layers, 3 stages, 128 x 128 crops) in torch eager and ONNX Runtime, for
+K = 7 and the preset's K = 5, with the ONNX / torch ratio measured in the same run.
+
+    .venv/bin/python benchmarks/fast_preset_speed.py --threads 2
+
+Issue 7's goal: under 15 ms per face on the project's 2-core CPU. Random weights (speed does not
+depend on them); medians of ``--repeats`` runs after a warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from facemark.data.transforms import slpt_crop_convention
+from facemark.inference.export import onnx_model_bytes
+from facemark.inference.predictor import _onnx_session
+from facemark.layouts import get_layout
+from facemark.models.slpt import SLPTConfig, build_slpt
+
+
+def median_ms(function, repeats: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    layout, crop = get_layout("wflw98"), slpt_crop_convention(128)
+    image = torch.randn(1, 3, 128, 128)
+    print(f"torch {torch.__version__}, {args.threads} threads, fast SLPT preset, 98 points, 128 x 128, batch 1")
+    for samples in (7, 5):
+        config = SLPTConfig(num_points=98, num_layers=2, embed_dim=128, num_heads=8, feedforward_dim=512,
+                            dropout=0.0, backbone="mobilenet_v2", patch_samples=samples)
+        model = build_slpt(config, mean_face=torch.rand(98, 2) * 0.6 + 0.2).eval()
+        with torch.inference_mode():
+            eager = median_ms(lambda: model(image), args.repeats)
+            backbone = median_ms(lambda: model.backbone(image), args.repeats)
+        session = _onnx_session(onnx_model_bytes(model, layout, crop), "cpu", args.threads)
+        feed = {session.get_inputs()[0].name: image.numpy()}
+        onnx = median_ms(lambda: session.run(None, feed), args.repeats)
+        print(f"K={samples}: torch eager {eager:.1f} ms (backbone {backbone:.1f} ms), "
+              f"ONNX Runtime {onnx:.1f} ms (x{eager / onnx:.2f} vs eager)")
+
+
+if __name__ == "__main__":
+    main()
