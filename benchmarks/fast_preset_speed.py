@@ -1,6 +1,7 @@
 """Batch-1 latency of the fast SLPT preset (``configs/synthface_slpt_fast.yaml``: MobileNetV2
-backbone, d = 128, 2 layers, 3 stages, 128 x 128 crops) in torch eager and ONNX Runtime, for
-K = 7 and the preset's K = 5, with the ONNX / torch ratio measured in the same run.
+backbone, d = 128, 2 layers, 3 stages, 128 x 128 crops) in torch eager and ONNX Runtime: the
+preset (K = 5, 4 heads) and two neighbours (8 heads; K = 7), with the ONNX / torch ratio
+measured in the same run.
 
     .venv/bin/python benchmarks/fast_preset_speed.py --threads 2
 
@@ -43,8 +44,8 @@ def main() -> None:
     layout, crop = get_layout("wflw98"), slpt_crop_convention(128)
     image = torch.randn(1, 3, 128, 128)
     print(f"torch {torch.__version__}, {args.threads} threads, fast SLPT preset, 98 points, 128 x 128, batch 1")
-    for samples in (7, 5):
-        config = SLPTConfig(num_points=98, num_layers=2, embed_dim=128, num_heads=8, feedforward_dim=512,
+    for samples, heads in ((7, 8), (5, 8), (5, 4)):
+        config = SLPTConfig(num_points=98, num_layers=2, embed_dim=128, num_heads=heads, feedforward_dim=512,
                             dropout=0.0, backbone="mobilenet_v2", patch_samples=samples)
         model = build_slpt(config, mean_face=torch.rand(98, 2) * 0.6 + 0.2).eval()
         with torch.inference_mode():
@@ -53,7 +54,8 @@ def main() -> None:
         session = _onnx_session(onnx_model_bytes(model, layout, crop), "cpu", args.threads)
         feed = {session.get_inputs()[0].name: image.numpy()}
         onnx = median_ms(lambda: session.run(None, feed), args.repeats)
-        print(f"K={samples}: torch eager {eager:.1f} ms (backbone {backbone:.1f} ms), "
+        label = " (the preset)" if (samples, heads) == (5, 4) else ""
+        print(f"K={samples}, {heads} heads{label}: torch eager {eager:.1f} ms (backbone {backbone:.1f} ms), "
               f"ONNX Runtime {onnx:.1f} ms (x{eager / onnx:.2f} vs eager)")
 
 
