@@ -289,30 +289,11 @@ def _sample_by_sparse_product(feature_map: torch.Tensor) -> bool:
             and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())
 
 
-def _bilinear_by_row_gather(feature_map: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples (align_corners=True; x, y in [0, 1], any shape (B, ...)) of ``feature_map``
-    (B, C, H, W) from four row gathers of its (B*H*W, C) pixels. Returns (B, samples per image, C)."""
-    batch, channels, height, width = feature_map.shape
-    column = x.reshape(batch, -1).to(feature_map.dtype) * (width - 1)
-    row = y.reshape(batch, -1).to(feature_map.dtype) * (height - 1)
-    column0 = column.floor().clamp(0, width - 2)  # top-left neighbour, one pixel inside (see below)
-    row0 = row.floor().clamp(0, height - 2)
-    weight_x, weight_y = (column - column0).unsqueeze(-1), (row - row0).unsqueeze(-1)
-    image_offset = torch.arange(batch, device=feature_map.device).unsqueeze(1) * (height * width)
-    top_left = image_offset + row0.long() * width + column0.long()
-    pixels = feature_map.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
-
-    def neighbour(offset: int) -> torch.Tensor:
-        return pixels.index_select(0, (top_left + offset).reshape(-1)).view(batch, -1, channels)
-
-    return ((neighbour(0) * (1 - weight_x) + neighbour(1) * weight_x) * (1 - weight_y)
-            + (neighbour(width) * (1 - weight_x) + neighbour(width + 1) * weight_x) * weight_y)
-
-
-def _bilinear_by_sparse_product(feature_map: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples (align_corners=True; x, y in [0, 1], any shape (B, ...)) of ``feature_map``
-    (B, C, H, W) as ``weights @ pixels``: a sparse CSR matrix with the 4 bilinear weights of each
-    sample times the (B*H*W, C) pixel rows. Returns (B, samples per image, C)."""
+def _bilinear_neighbours(feature_map: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+    """What bilinear sampling (align_corners=True; x, y in [0, 1], any shape (B, ...)) of
+    ``feature_map`` (B, C, H, W) reads: its pixels as (B*H*W, C) rows, and for every sample the
+    row indices (B*S, 4) of its 4 neighbours (top-left, top-right, bottom-left, bottom-right) and
+    their weights (B*S, 4)."""
     batch, channels, height, width = feature_map.shape
     column = x.reshape(batch, -1).to(feature_map.dtype) * (width - 1)
     row = y.reshape(batch, -1).to(feature_map.dtype) * (height - 1)
@@ -320,21 +301,36 @@ def _bilinear_by_sparse_product(feature_map: torch.Tensor, x: torch.Tensor, y: t
     # read with weight 1 on it (no out-of-range index).
     column0 = column.floor().clamp(0, width - 2)
     row0 = row.floor().clamp(0, height - 2)
-    weight_x, weight_y = column - column0, row - row0
+    weight_x, weight_y = (column - column0).reshape(-1), (row - row0).reshape(-1)
     image_offset = torch.arange(batch, device=feature_map.device).unsqueeze(1) * (height * width)
     top_left = (image_offset + row0.long() * width + column0.long()).reshape(-1)
-    columns = torch.stack((top_left, top_left + 1, top_left + width, top_left + width + 1), dim=1)
-    weight_x, weight_y = weight_x.reshape(-1), weight_y.reshape(-1)
-    values = torch.stack(((1 - weight_x) * (1 - weight_y), weight_x * (1 - weight_y),
-                          (1 - weight_x) * weight_y, weight_x * weight_y), dim=1)
-    num_rows = top_left.numel()
-    row_starts = torch.arange(0, 4 * num_rows + 1, 4, device=feature_map.device)
+    indices = torch.stack((top_left, top_left + 1, top_left + width, top_left + width + 1), dim=1)
+    weights = torch.stack(((1 - weight_x) * (1 - weight_y), weight_x * (1 - weight_y),
+                           (1 - weight_x) * weight_y, weight_x * weight_y), dim=1)
+    pixels = feature_map.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+    return pixels, indices, weights
+
+
+def _bilinear_by_row_gather(feature_map: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``feature_map`` (see :func:`_bilinear_neighbours`) from four row
+    gathers of its pixels. Returns (B, samples per image, C)."""
+    pixels, indices, weights = _bilinear_neighbours(feature_map, x, y)
+    samples = sum(pixels.index_select(0, indices[:, corner]) * weights[:, corner, None] for corner in range(4))
+    return samples.view(feature_map.shape[0], -1, feature_map.shape[1])
+
+
+def _bilinear_by_sparse_product(feature_map: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``feature_map`` (see :func:`_bilinear_neighbours`) as
+    ``weights @ pixels``: a sparse CSR matrix with the 4 bilinear weights of each sample times the
+    pixel rows. Returns (B, samples per image, C)."""
+    pixels, indices, weights = _bilinear_neighbours(feature_map, x, y)
+    num_samples = indices.shape[0]
+    row_starts = torch.arange(0, 4 * num_samples + 1, 4, device=feature_map.device)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": this use is covered by tests
         warnings.simplefilter("ignore", UserWarning)
-        weights = torch.sparse_csr_tensor(row_starts, columns.reshape(-1), values.reshape(-1),
-                                          size=(num_rows, batch * height * width), check_invariants=False)
-    pixels = feature_map.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
-    return (weights @ pixels).view(batch, -1, channels)
+        matrix = torch.sparse_csr_tensor(row_starts, indices.reshape(-1), weights.reshape(-1),
+                                         size=(num_samples, pixels.shape[0]), check_invariants=False)
+    return (matrix @ pixels).view(feature_map.shape[0], -1, feature_map.shape[1])
 
 
 # ------------------------------------------------------------------------------------------------
