@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Callable, Sequence
-
 import warnings
 
 import numpy as np
@@ -196,9 +195,9 @@ def resnet34_fused(out_channels: int = 256) -> MultiScaleFusion:
 def resnet18_fused(out_channels: int = 128) -> MultiScaleFusion:
     """A CPU backbone (facemark's own, not in the paper): ResNet18 C2..C5 (64 + 128 + 256 + 512 =
     960 channels) fused into one 128-channel stride-4 map, as :func:`resnet34_fused` but shallower
-    and narrower (128 channels, see :func:`mobilenet_v2_fused` on why). On a CPU its training step
-    costs about the same as MobileNetV2's (depthwise convolutions are slow there) and it learns
-    faster from scratch: the SynthFace CPU presets use it."""
+    and narrower (128 channels, see :func:`mobilenet_v2_fused` on why). Measured on SynthFace
+    (light preset, 2-core CPU): its training step is ~1.6x slower than MobileNetV2's and it learned
+    no faster from scratch, so the fast preset keeps MobileNetV2 (docs/slpt.md)."""
     from facemark.models.resnet import resnet18
 
     return MultiScaleFusion(resnet18(), out_channels, bn_momentum=0.1)
@@ -260,7 +259,7 @@ def sample_local_patches(feature_map: torch.Tensor, centres: torch.Tensor, half_
         product: a view of (B, N, K, K, C) memory, which :meth:`SLPT.embed_patches` reads without a
         copy), and the boxes' ``box_min`` and ``box_size`` (B, N, 2) for eq. 7.
     """
-    batch, channels, height, width = feature_map.shape
+    batch, channels = feature_map.shape[:2]
     num_points = centres.shape[1]
     centres = centres.detach()
     box_min = (centres - half_size).clamp(0.0, 1.0)
@@ -269,8 +268,13 @@ def sample_local_patches(feature_map: torch.Tensor, centres: torch.Tensor, half_
     samples = box_min.unsqueeze(-2) + box_size.unsqueeze(-2) * steps[:, None]  # (B, N, K, 2)
     x = samples[..., 0].unsqueeze(-2).expand(batch, num_points, num_samples, num_samples)  # [.., row, col] = x_col
     y = samples[..., 1].unsqueeze(-1).expand(batch, num_points, num_samples, num_samples)  # [.., row, col] = y_row
-    if _sample_by_sparse_product(feature_map) or torch.onnx.is_in_onnx_export():
-        sample = _bilinear_by_sparse_product if _sample_by_sparse_product(feature_map) else _bilinear_by_row_gather
+    if _sample_by_sparse_product(feature_map):
+        sample = _bilinear_by_sparse_product
+    elif torch.onnx.is_in_onnx_export():
+        sample = _bilinear_by_row_gather
+    else:
+        sample = None
+    if sample is not None:
         patches = sample(feature_map, x, y)  # (B, N*K*K, C)
         patches = patches.view(batch, num_points, num_samples, num_samples, channels).permute(0, 1, 4, 2, 3)
     else:
