@@ -111,14 +111,16 @@ def tiny_config(root: Path, output_dir: Path, *overrides: str):
     ])
 
 
-def distributed_worker(rank: int, world_size: int, port: int, root: str, output_dir: str, result_dir: str) -> None:
+def distributed_worker(rank: int, world_size: int, port: int, root: str, output_dir: str, result_dir: str,
+                       overrides: tuple[str, ...] = (), resume: bool = False) -> None:
     """One process of a ``world_size``-process gloo run (``torch.multiprocessing.spawn`` target):
-    trains the tiny config and saves this rank's final weights as ``rank<rank>.pt``."""
+    trains the tiny config (plus ``overrides``; ``resume`` continues ``output_dir``'s run) and
+    saves this rank's final weights as ``rank<rank>.pt``."""
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     from facemark.engine.train import train
 
-    config = tiny_config(Path(root), Path(output_dir), "optim.batch_size=4", "data.val_fraction=0.2")
-    result = train(config, methods=TINY_METHODS)
+    config = tiny_config(Path(root), Path(output_dir), "optim.batch_size=4", "data.val_fraction=0.2", *overrides)
+    result = train(config, resume=resume, methods=TINY_METHODS)
     torch.save(result.model.state_dict(), Path(result_dir) / f"rank{rank}.pt")

@@ -112,3 +112,27 @@ def test_mobilenet_v2_can_stop_at_stride_16():
     assert [m.shape[1:] for m in maps] == [(24, 16, 16), (32, 8, 8), (96, 4, 4)]
     assert truncated.out_channels == (24, 32, 96)
     assert sum(p.numel() for p in truncated.parameters()) < sum(p.numel() for p in full.parameters()) / 2
+
+
+@pytest.mark.parametrize("builder", ["resnet18_fused", "mobilenet_v2_fused"])
+def test_multiscale_fusion_projects_before_upsampling_without_changing_the_map(builder):
+    # MultiScaleFusion computes conv1x1(cat(upsample(f_k))) as sum_k upsample(conv1x1_k(f_k)):
+    # compare with the literal concatenation, gradients included.
+    import torch.nn.functional as F
+
+    from facemark.models import slpt
+
+    torch.manual_seed(0)
+    fusion = getattr(slpt, builder)().eval()
+    images = torch.randn(2, 3, 64, 64, requires_grad=True)
+    fused = fusion(images)
+    features = fusion.trunk(images)
+    upsampled = [features[0]] + [F.interpolate(f, size=features[0].shape[-2:], mode="bilinear", align_corners=False)
+                                 for f in features[1:]]
+    literal = fusion.head(torch.cat(upsampled, dim=1))
+    assert fused.shape == (2, fusion.out_channels, 16, 16)
+    torch.testing.assert_close(fused, literal, rtol=1e-4, atol=1e-5)
+    weight = torch.randn_like(fused)
+    gradient_fused, = torch.autograd.grad((fused * weight).sum(), images)
+    gradient_literal, = torch.autograd.grad((literal * weight).sum(), images)
+    torch.testing.assert_close(gradient_fused, gradient_literal, rtol=1e-4, atol=1e-5)
