@@ -9,6 +9,12 @@ paper's Table 8), the max abs difference of the two models' outputs, CPU latency
 throughput at batch 16 and the time of one training step (Adam) at batch 8, with the
 facemark / reference ratios. Timings alternate between the two models run by run so that load
 from other processes hits both alike; medians are reported.
+
+Output differences depend on the weights and the input: the default model has random weights
+(kaiming-normal convs, BatchNorm statistics calibrated on noise) and a noise image, which
+amplify float rounding far more than trained weights on a face do. ``--weights CHECKPOINT`` (a
+facemark SLPT checkpoint or an authors' release file) adds the same comparison for trained
+weights on SynthFace face crops rendered on the fly (nothing is read from disk but the file).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from slpt_reference import ReferenceSLPT  # noqa: E402
 
 from facemark.models.complexity import measure_complexity  # noqa: E402
 from facemark.models.official_slpt import to_official_state_dict  # noqa: E402
-from facemark.models.slpt import SLPTConfig, SLPTOutput, build_slpt, slpt_loss  # noqa: E402
+from facemark.models.slpt import SLPT, SLPTConfig, SLPTOutput, build_slpt, slpt_loss  # noqa: E402
 
 
 def alternate_timings(functions: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -74,6 +80,9 @@ def main() -> None:
     parser.add_argument("--train-repeats", type=int, default=3)
     parser.add_argument("--skip-train", action="store_true", help="skip the training-step timing")
     parser.add_argument("--skip-inference", action="store_true", help="skip latency and throughput")
+    parser.add_argument("--weights", type=Path, help="also compare outputs for these trained weights (facemark "
+                        "SLPT checkpoint or authors' file) on SynthFace face crops")
+    parser.add_argument("--faces", type=int, default=8, help="SynthFace faces for --weights (default 8)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.points} points, {args.layers} layers")
@@ -96,11 +105,54 @@ def main() -> None:
             difference = max(float((a - b).abs().max()) for a, b in zip(module(image).stages, theirs))
             print(f"max |{name} - reference| over all stages and layers: {difference:.2e}")
 
+    if args.weights is not None:
+        compare_trained(args.weights, args.faces)
+
     # -- latency, throughput, training step -----------------------------------------------------
     if not args.skip_inference:
         time_inference(model, fast, reference, image, args)
     if not args.skip_train:
         time_training(model, reference, args)
+
+
+def synthface_crops(count: int, size: int) -> torch.Tensor:
+    """``count`` SynthFace test faces (seed 0) cropped with SLPT's convention, ImageNet-normalised."""
+    from facemark.data.synthface import render_sample
+    from facemark.data.transforms import crop_matrix, image_to_tensor, landmark_box, square_box, warp_image
+
+    crops = []
+    for index in range(count):
+        face = render_sample(0, "test", index, size=size)
+        box = square_box(landmark_box(face.landmarks["wflw98"]), 1.2)
+        crops.append(image_to_tensor(warp_image(face.image, crop_matrix(box, size), size)))
+    return torch.stack(crops)
+
+
+def compare_trained(path: Path, faces: int) -> None:
+    """Max output differences (facemark NCHW / channels_last vs the reference) for trained weights."""
+    from facemark.engine.checkpoint import load_model
+    from facemark.inference.predictor import weights_kind
+    from facemark.models.official_slpt import load_official_slpt
+
+    model = load_official_slpt(path) if weights_kind(path) == "official_slpt" else load_model(path).model
+    if not isinstance(model, SLPT):
+        raise SystemExit(f"--weights {path}: not an SLPT checkpoint ({type(model).__name__})")
+    config = model.config
+    released = (config.backbone, config.embed_dim, config.num_heads, config.feedforward_dim, config.initial_patch_size)
+    if released != ("hrnet_w18c_lite", 256, 8, 1024, 0.25):
+        raise SystemExit(f"--weights {path}: the reference is the release's architecture (HRNetW18C-lite, d 256, "
+                         f"8 heads, FFN 1024, initial patch 0.25); this model has {released}")
+    reference = ReferenceSLPT(model.mean_face, num_layers=config.num_layers, num_stages=config.num_stages,
+                              patch_samples=config.patch_samples).eval()
+    reference.load_state_dict(to_official_state_dict(model), strict=True)
+    fast = copy.deepcopy(model)
+    fast.channels_last = True
+    images = synthface_crops(faces, 256)
+    with torch.inference_mode():
+        theirs = reference(images)
+        for name, module in (("facemark", model), ("facemark channels_last", fast)):
+            difference = max(float((a - b).abs().max()) for a, b in zip(module(images).stages, theirs))
+            print(f"{path.name}, {faces} SynthFace crops: max |{name} - reference| = {difference:.2e}")
 
 
 def time_inference(model, fast, reference, image, args) -> None:

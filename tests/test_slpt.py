@@ -1,5 +1,6 @@
 """SLPT: parity with a reference of the authors' computation, the official checkpoint layout
 (strict round trips), shapes, ablation switches, gradients, loss, mean face, sizes and compute."""
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -412,6 +413,29 @@ def test_embedding_init_normal_gives_unit_scale_queries_and_structure_encoding()
         assert 0.95 < getattr(normal, name).std().item() < 1.05
     with pytest.raises(ValueError, match="embedding_init"):
         SLPTConfig(embedding_init="zeros")
+
+
+def test_initial_content_queries_starts_the_relation_layers_at_the_landmark_queries():
+    # initial_content="queries": T^1 = Q instead of the paper's zero matrix; same parameters.
+    torch.manual_seed(0)
+    config = SLPTConfig(num_points=7, num_layers=2, embed_dim=16, num_heads=2, feedforward_dim=32, dropout=0.0,
+                        backbone="mobilenet_v2", embedding_init="normal", initial_content="queries")
+    model = build_slpt(config, mean_face=torch.rand(7, 2)).eval()
+    paper = build_slpt(dataclasses.replace(config, initial_content="zeros"), mean_face=model.mean_face).eval()
+    paper.load_state_dict(model.state_dict())
+    representations = torch.randn(3, 7, 16)
+    content = model.landmark_queries.expand(3, -1, -1)
+    keys = representations + model.structure_encoding
+    outputs = []
+    with torch.no_grad():
+        for layer in model.layers:
+            content = layer(content, model.landmark_queries, keys, representations)
+            outputs.append(content)
+        expected = model.final_norm(torch.stack(outputs, dim=1))
+        torch.testing.assert_close(model.relate(representations), expected)
+        assert not torch.allclose(paper.relate(representations), expected, atol=1e-3)
+    with pytest.raises(ValueError, match="initial_content"):
+        SLPTConfig(initial_content="ones")
 
 
 def test_centre_head_init_starts_every_stage_at_its_patch_centre():

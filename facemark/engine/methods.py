@@ -79,7 +79,8 @@ def _slpt_model(backbone: str, layout: Layout, statistics: Mapping, image_size: 
                 initial_patch_size: float = 0.25, embed_dim: int = 256, num_heads: int = 8,
                 feedforward_dim: int = 1024, dropout: float = 0.1, use_self_attention: bool = True,
                 use_cross_attention: bool = True, use_structure_encoding: bool = True,
-                head_init: str = "release", embedding_init: str = "release") -> nn.Module:
+                head_init: str = "release", embedding_init: str = "release",
+                initial_content: str = "zeros") -> nn.Module:
     from facemark.models.slpt import SLPTConfig, build_slpt
 
     config = SLPTConfig(
@@ -88,6 +89,7 @@ def _slpt_model(backbone: str, layout: Layout, statistics: Mapping, image_size: 
         num_heads=num_heads, feedforward_dim=feedforward_dim, dropout=dropout,
         use_self_attention=use_self_attention, use_cross_attention=use_cross_attention,
         use_structure_encoding=use_structure_encoding, head_init=head_init, embedding_init=embedding_init,
+        initial_content=initial_content,
     )
     return build_slpt(config, mean_face=statistics["mean_face"])
 

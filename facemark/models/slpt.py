@@ -95,6 +95,13 @@ class SLPTConfig:
             grows to several units), so cross-attention stays near uniform until Adam has grown
             Q and P ~100x: on SynthFace after 450 steps the attention's largest weight was 0.015
             against 0.010 for uniform.
+        initial_content: "zeros" (the paper, Sec. 3.1: T^1 is a zero matrix) or "queries" (T^1 = Q,
+            facemark's option for short training budgets; no new parameters). With zeros, a
+            landmark's identity reaches its token T only through WHICH patches its attention
+            weights pick (Q enters queries and keys, never values), the slow start DETR-style
+            decoders are known for; with T^1 = Q it is in the token from the first layer, so the
+            shared FFN and prediction head can give each landmark its own offset (measured in
+            docs/slpt.md). Only used with cross-attention (without MCA, T^1 = R + P).
         keep_unused_feature_norm: the release holds a LayerNorm ``feature_norm`` that its forward
             never uses (512 parameters, counted in the paper's 13.19 M). Kept (frozen) by default so
             parameter counts and checkpoints match exactly.
@@ -115,6 +122,7 @@ class SLPTConfig:
     backbone: str = "hrnet_w18c_lite"
     head_init: str = "release"
     embedding_init: str = "release"
+    initial_content: str = "zeros"
     keep_unused_feature_norm: bool = True
 
     def __post_init__(self) -> None:
@@ -130,6 +138,7 @@ class SLPTConfig:
             ("backbone", self.backbone in BACKBONES, f"one of {sorted(BACKBONES)}"),
             ("head_init", self.head_init in ("release", "centre"), "'release' or 'centre'"),
             ("embedding_init", self.embedding_init in ("release", "normal"), "'release' or 'normal'"),
+            ("initial_content", self.initial_content in ("zeros", "queries"), "'zeros' or 'queries'"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -509,6 +518,8 @@ class SLPT(nn.Module):
             keys = representations + self.structure_encoding
         if self.config.use_cross_attention:
             content = torch.zeros_like(representations)  # T^1 is a zero matrix (Sec. 3.1)
+            if self.config.initial_content == "queries":
+                content = content + self.landmark_queries
         else:
             content = keys  # Table 6 without MCA: the representations are the queries input
         outputs = []
