@@ -1,7 +1,7 @@
-"""Batch-1 latency of the fast SLPT preset (``configs/synthface_slpt_fast.yaml``: MobileNetV2
-backbone, d = 128, 2 layers, 3 stages, 128 x 128 crops) in torch eager and ONNX Runtime: the
-preset (K = 5, 4 heads) and two neighbours (8 heads; K = 7), with the ONNX / torch ratio
-measured in the same run.
+"""Batch-1 latency of the fast SLPT preset (``configs/synthface_slpt_fast.yaml``, read from the
+file: MobileNetV2 backbone, d = 128, 2 layers, 2 stages, K = 5, 4 heads, 128 x 128 crops) in
+torch eager and ONNX Runtime: the preset and two neighbours (3 stages; 8 heads), with the
+ONNX / torch ratio measured in the same run.
 
     .venv/bin/python benchmarks/fast_preset_speed.py --threads 2
 
@@ -11,12 +11,15 @@ depend on them); medians of ``--repeats`` runs after a warm-up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
 
 from facemark.data.transforms import slpt_crop_convention
+from facemark.engine.config import load_config
+from facemark.engine.demo import CONFIG_DIR
 from facemark.inference.export import onnx_model_bytes
 from facemark.inference.predictor import _onnx_session
 from facemark.layouts import get_layout
@@ -44,9 +47,12 @@ def main() -> None:
     layout, crop = get_layout("wflw98"), slpt_crop_convention(128)
     image = torch.randn(1, 3, 128, 128)
     print(f"torch {torch.__version__}, {args.threads} threads, fast SLPT preset, 98 points, 128 x 128, batch 1")
-    for samples, heads in ((7, 8), (5, 8), (5, 4)):
-        config = SLPTConfig(num_points=98, num_layers=2, embed_dim=128, num_heads=heads, feedforward_dim=512,
-                            dropout=0.0, backbone="mobilenet_v2", patch_samples=samples)
+    preset = load_config(CONFIG_DIR / "synthface_slpt_fast.yaml", [])
+    preset_config = SLPTConfig(num_points=98, backbone=preset.model.backbone, **preset.model.options)
+    variants = {"the preset": preset_config,
+                "3 stages": dataclasses.replace(preset_config, num_stages=3),
+                "8 heads": dataclasses.replace(preset_config, num_heads=8)}
+    for label, config in variants.items():
         model = build_slpt(config, mean_face=torch.rand(98, 2) * 0.6 + 0.2).eval()
         with torch.inference_mode():
             eager = median_ms(lambda: model(image), args.repeats)
@@ -54,10 +60,8 @@ def main() -> None:
         session = _onnx_session(onnx_model_bytes(model, layout, crop), "cpu", args.threads)
         feed = {session.get_inputs()[0].name: image.numpy()}
         onnx = median_ms(lambda: session.run(None, feed), args.repeats)
-        label = " (the preset)" if (samples, heads) == (5, 4) else ""
-        print(f"K={samples}, {heads} heads{label}: torch eager {eager:.1f} ms (backbone {backbone:.1f} ms), "
-              f"ONNX Runtime {onnx:.1f} ms (x{eager / onnx:.2f} vs eager)")
-
+        print(f"{label} (K={config.patch_samples}, {config.num_heads} heads, {config.num_stages} stages): torch eager "
+              f"{eager:.1f} ms (backbone {backbone:.1f} ms), ONNX Runtime {onnx:.1f} ms (x{eager / onnx:.2f} vs eager)")
 
 if __name__ == "__main__":
     main()
