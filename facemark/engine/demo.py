@@ -56,7 +56,7 @@ class DemoSettings:
     """
 
     out_dir: str = "runs/demo"
-    minutes: float = 6.5
+    minutes: float = 5.75
     seed: int = 0
     device: str = "auto"
     num_train: int = 2000
