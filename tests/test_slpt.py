@@ -436,6 +436,8 @@ def test_initial_content_queries_starts_the_relation_layers_at_the_landmark_quer
         assert not torch.allclose(paper.relate(representations), expected, atol=1e-3)
     with pytest.raises(ValueError, match="initial_content"):
         SLPTConfig(initial_content="ones")
+    with pytest.raises(ValueError, match="needs use_cross_attention"):
+        SLPTConfig(initial_content="queries", use_cross_attention=False)
 
 
 def test_centre_head_init_starts_every_stage_at_its_patch_centre():

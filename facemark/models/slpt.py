@@ -101,7 +101,7 @@ class SLPTConfig:
             weights pick (Q enters queries and keys, never values), the slow start DETR-style
             decoders are known for; with T^1 = Q it is in the token from the first layer, so the
             shared FFN and prediction head can give each landmark its own offset (measured in
-            docs/slpt.md). Only used with cross-attention (without MCA, T^1 = R + P).
+            docs/slpt.md). Needs cross-attention (without MCA, T^1 = R + P: an error otherwise).
         keep_unused_feature_norm: the release holds a LayerNorm ``feature_norm`` that its forward
             never uses (512 parameters, counted in the paper's 13.19 M). Kept (frozen) by default so
             parameter counts and checkpoints match exactly.
@@ -143,6 +143,9 @@ class SLPTConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"SLPTConfig.{name} = {getattr(self, name)!r}; expected {expected}")
+        if self.initial_content == "queries" and not self.use_cross_attention:
+            raise ValueError("SLPTConfig.initial_content = 'queries' needs use_cross_attention=True "
+                             "(without MCA the layers start from R + P, Table 6)")
 
 
 @dataclass
