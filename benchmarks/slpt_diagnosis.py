@@ -20,8 +20,8 @@ import argparse
 import math
 
 import torch
-import torch.nn.functional as F
 
+from facemark import metrics
 from facemark.data import load_dataset
 from facemark.engine.checkpoint import load_model
 from facemark.engine.data import CropDataset
@@ -65,10 +65,7 @@ def main() -> None:
 
     def record_attention(module, inputs, _output):
         query, key, _value = inputs
-        d = module.embed_dim
-        q = module._split_heads(F.linear(query, module.in_proj_weight[:d], module.in_proj_bias[:d]))
-        k = module._split_heads(F.linear(key, module.in_proj_weight[d: 2 * d], module.in_proj_bias[d: 2 * d]))
-        attention_maps.append(torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1).mean(1))
+        attention_maps.append(module.attention_weights(query, key).mean(1))  # heads averaged
 
     if model.config.use_cross_attention:
         for layer in model.layers:
@@ -76,11 +73,9 @@ def main() -> None:
     with torch.inference_mode():
         output = model(images)
 
-    first, second = loaded.layout.inter_ocular
-    inter_ocular = (target[:, first] - target[:, second]).norm(dim=-1)
-
     def nme(points: torch.Tensor) -> float:
-        return float(((points - target).norm(dim=-1).mean(-1) / inter_ocular).mean()) * 100
+        """Mean NME_io in %, in crop space (metrics.nme with the layout's inter-ocular points)."""
+        return 100 * float(metrics.nme(points.double().numpy(), target.double().numpy(), loaded.layout).mean())
 
     mean_face = model.mean_face.expand_as(target)
     print(f"{args.checkpoint}: {len(samples)} {args.split} faces, NME_io in crop space (%)")

@@ -118,12 +118,13 @@ def main() -> None:
 def synthface_crops(count: int, size: int) -> torch.Tensor:
     """``count`` SynthFace test faces (seed 0) cropped with SLPT's convention, ImageNet-normalised."""
     from facemark.data.synthface import render_sample
-    from facemark.data.transforms import crop_matrix, image_to_tensor, landmark_box, square_box, warp_image
+    from facemark.data.transforms import crop_matrix, face_box, image_to_tensor, slpt_crop_convention, warp_image
 
+    convention = slpt_crop_convention(size)
     crops = []
     for index in range(count):
         face = render_sample(0, "test", index, size=size)
-        box = square_box(landmark_box(face.landmarks["wflw98"]), 1.2)
+        box = face_box(convention, landmarks=face.landmarks["wflw98"])
         crops.append(image_to_tensor(warp_image(face.image, crop_matrix(box, size), size)))
     return torch.stack(crops)
 

@@ -384,6 +384,14 @@ class MultiheadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, -1).transpose(1, 2)
 
+    def attention_weights(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """The softmax weights (B, heads, queries, keys) that ``forward`` applies (for inspection;
+        ``forward`` never materialises them)."""
+        d = self.embed_dim
+        q = self._split_heads(F.linear(query, self.in_proj_weight[:d], self.in_proj_bias[:d]))
+        k = self._split_heads(F.linear(key, self.in_proj_weight[d: 2 * d], self.in_proj_bias[d: 2 * d]))
+        return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+
     def forward(self, query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
         """``key=None`` means key == query (self-attention): q and k are projected in one matmul."""
         d = self.embed_dim
