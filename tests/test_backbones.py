@@ -114,7 +114,16 @@ def test_mobilenet_v2_can_stop_at_stride_16():
     assert sum(p.numel() for p in truncated.parameters()) < sum(p.numel() for p in full.parameters()) / 2
 
 
-@pytest.mark.parametrize("builder", ["resnet18_fused", "mobilenet_v2_fused"])
+def test_half_width_fused_mobilenet_v2_is_the_slpt_backbone_mobilenet_v2_050():
+    from facemark.models.slpt import BACKBONES
+
+    half, full = BACKBONES["mobilenet_v2_050"](), BACKBONES["mobilenet_v2"]()
+    assert half.trunk.out_channels == (16, 16, 48)  # 24, 32, 96 x 0.5, rounded up to multiples of 8
+    assert half(torch.zeros(1, 3, 64, 64)).shape == (1, 128, 16, 16)
+    assert sum(p.numel() for p in half.parameters()) < sum(p.numel() for p in full.parameters()) / 2
+
+
+@pytest.mark.parametrize("builder", ["resnet18_fused", "mobilenet_v2_fused", "mobilenet_v2_050_fused"])
 def test_multiscale_fusion_projects_before_upsampling_without_changing_the_map(builder):
     # MultiScaleFusion computes conv1x1(cat(upsample(f_k))) as sum_k upsample(conv1x1_k(f_k)):
     # compare with the literal concatenation, gradients included.

@@ -35,7 +35,7 @@ def test_tiny_demo_writes_the_report_plots_and_table(tmp_path, capsys):
     out = tmp_path / "demo"
     code, printed = _tiny_run(out, capsys)
     assert code == 0
-    names = ("SLPT (MobileNetV2, fast)", "FC baseline (ResNet18)", "Mean shape")
+    names = ("SLPT (MobileNetV2-0.5, fast)", "FC baseline (ResNet18)", "Mean shape")
     for name in names:
         assert name in printed
     assert "NME_io" in printed and "FR_io@0.10" in printed and "AUC_io@0.10" in printed

@@ -146,8 +146,10 @@ def _run_script(root: Path, output: Path, overrides: list[str], resume: bool) ->
                               resume=resume)
 
 
-def test_resume_after_sigkill_gives_the_same_weights(fixture_root, tmp_path):
-    overrides = ["optim.epochs=4", "optim.milestones=[2]", "data.workers=1", "loss.options.sleep_seconds=0.3"]
+@pytest.mark.parametrize("scheduler", ["multistep", "cosine"])  # stepped per epoch / per batch
+def test_resume_after_sigkill_gives_the_same_weights(fixture_root, tmp_path, scheduler):
+    schedule = ["optim.epochs=4", "optim.milestones=[2]", f"optim.scheduler={scheduler}"]
+    overrides = [*schedule, "data.workers=1", "loss.options.sleep_seconds=0.3"]
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-c", _run_script(fixture_root, killed, overrides, False)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -168,7 +170,7 @@ def test_resume_after_sigkill_gives_the_same_weights(fixture_root, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in (killed / "train.log").read_text()
 
-    reference = train(tiny_config(fixture_root, tmp_path / "reference", *overrides[:2]), methods=TINY_METHODS)
+    reference = train(tiny_config(fixture_root, tmp_path / "reference", *schedule), methods=TINY_METHODS)
     resumed_state = load_checkpoint(killed / "last.pt")
     assert resumed_state["epoch"] == 4
     for key, value in reference.model.state_dict().items():
@@ -176,6 +178,29 @@ def test_resume_after_sigkill_gives_the_same_weights(fixture_root, tmp_path):
     lines = (killed / "metrics.csv").read_text().strip().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4"]
     assert lines[1:] != [] and lines[1].split(",")[3] == (tmp_path / "reference" / "metrics.csv").read_text().splitlines()[1].split(",")[3]
+
+
+def test_cosine_schedule_decays_every_batch(fixture_root, tmp_path):
+    # 4 training faces, batch 2: 2 steps per epoch, 4 in all; lr_t = lr (1 + cos(pi t / 4)) / 2.
+    result = train(tiny_config(fixture_root, tmp_path / "run", "optim.scheduler=cosine"), methods=TINY_METHODS)
+    lines = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
+    logged = [float(line.split(",")[2]) for line in lines[1:]]  # the lr of each epoch's last step
+    np.testing.assert_allclose(logged, [0.01 * (1 + np.cos(np.pi * step / 4)) / 2 for step in (1, 3)], rtol=1e-6)
+    assert load_checkpoint(result.last_checkpoint)["scheduler"]["last_epoch"] == 4
+
+
+def test_channels_last_training_trains_the_same_model(fixture_root, tmp_path):
+    # SGD: its steps are proportional to the gradients, so rounding stays rounding (Adam's first
+    # steps are ~lr x sign(gradient), which turns a rounding difference of a ~0 gradient into lr).
+    sgd = "optim.optimizer=sgd"
+    reference = train(tiny_config(fixture_root, tmp_path / "nchw", sgd), methods=TINY_METHODS).model
+    model = train(tiny_config(fixture_root, tmp_path / "nhwc", sgd, "runtime.channels_last=true"),
+                  methods=TINY_METHODS).model
+    convolutions = [p for p in model.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert not all(p.is_contiguous() for p in convolutions)
+    for key, value in reference.state_dict().items():  # only float rounding differs
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_evaluate_and_score(fixture_root, tmp_path):

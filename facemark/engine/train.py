@@ -51,7 +51,8 @@ from facemark.engine.methods import (
     load_pretrained_backbone,
 )
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "build_optimizer", "build_scheduler", "seed_everything"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "build_optimizer", "build_scheduler", "scheduler_steps_per_batch",
+           "seed_everything"]
 
 LOGGER_NAME = "facemark.train"
 CSV_COLUMNS = ["epoch", "global_step", "lr", "train_loss", "val_nme", "best_val_nme", "epoch_seconds", "images_per_second"]
@@ -92,13 +93,21 @@ def build_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
                            nesterov=optim.nesterov)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
-    """Stepped once per epoch. ``constant`` is a multi-step schedule without milestones."""
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """The learning-rate schedule. ``multistep`` (milestones in epochs) and ``constant`` (a
+    multi-step schedule without milestones) are stepped once per epoch; ``cosine`` is stepped once
+    per training step (:func:`scheduler_steps_per_batch`), from ``optim.lr`` down to 0 over the
+    run's ``epochs x steps_per_epoch`` steps, so that a run of a few epochs decays smoothly."""
     optim = config.optim
     if optim.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optim.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optim.epochs * steps_per_epoch)
     milestones = optim.milestones if optim.scheduler == "multistep" else []
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=optim.gamma)
+
+
+def scheduler_steps_per_batch(config: TrainConfig) -> bool:
+    """Whether :func:`build_scheduler`'s schedule is stepped after every batch (else every epoch)."""
+    return config.optim.scheduler == "cosine"
 
 
 def _augmentation(config: TrainConfig):
@@ -291,6 +300,9 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         if config.model.pretrained and state is None:
             logger.info("%s", load_pretrained_backbone(model, config.model.pretrained))
         model.to(context.device)
+        image_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+        if runtime.channels_last:
+            model.to(memory_format=torch.channels_last)  # the 4-d (convolution) weights
         loss_function = method.build_loss(layout, spec["statistics"], crop.size, **config.loss.options)
         num_parameters = sum(p.numel() for p in model.parameters())
         logger.info("model: %s on %s, %.2f M parameters, device %s, %d process(es)", config.model.method,
@@ -309,7 +321,6 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         torch.manual_seed(runtime.seed + context.rank)
 
         optimizer = build_optimizer(model.parameters(), config)
-        scheduler = build_scheduler(optimizer, config)
         use_amp = runtime.amp and context.device.type == "cuda"
         if runtime.amp and not use_amp:
             logger.info("runtime.amp: mixed precision is used on CUDA only; training in float32 on %s", context.device)
@@ -322,7 +333,6 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
@@ -335,7 +345,6 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
                                "restored, so the continuation is not bit-identical", len(rng_states), context.world_size)
             csv_rows = _read_csv_rows(output_dir / "metrics.csv", start_epoch)
             logger.info("resumed from %s: %d epoch(s) done, step %d", last_path, start_epoch, global_step)
-            del state
         if context.is_main:
             save_config(config, output_dir / "config.yaml")
             _write_csv(output_dir / "metrics.csv", csv_rows)
@@ -364,6 +373,11 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
             generator=torch.Generator().manual_seed(runtime.seed),  # loaders never draw from the global RNG
         )
         steps_per_epoch = len(loader)
+        scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+        step_scheduler_per_batch = scheduler_steps_per_batch(config)
+        if state is not None:
+            scheduler.load_state_dict(state["scheduler"])
+            del state
 
         # -- epochs -----------------------------------------------------------------------------
         from tqdm.auto import tqdm
@@ -380,7 +394,7 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
             bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                        disable=not (runtime.progress and context.is_main), dynamic_ncols=True, leave=False)
             for step, batch in enumerate(bar):
-                images = batch["image"].to(context.device, non_blocking=True)
+                images = batch["image"].to(context.device, non_blocking=True, memory_format=image_format)
                 targets = batch["target"].to(context.device, non_blocking=True)
                 with torch.autocast(device_type=context.device.type, dtype=torch.float16, enabled=use_amp):
                     output = train_model(images)
@@ -401,6 +415,9 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
                     nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip_norm)
                 scaler.step(optimizer)
                 scaler.update()
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+                if step_scheduler_per_batch:
+                    scheduler.step()
                 global_step += 1
                 loss_sum += loss_value
                 loss_count += 1
@@ -417,7 +434,8 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
                         writer.add_scalar("train/loss", loss_value, global_step)
                         writer.add_scalar("train/lr", lr, global_step)
             bar.close()
-            scheduler.step()
+            if not step_scheduler_per_batch:
+                scheduler.step()
             epoch_seconds = time.perf_counter() - epoch_start
             train_loss = loss_sum / max(loss_count, 1)
 
