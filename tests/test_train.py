@@ -19,7 +19,7 @@ from engine_fixtures import TINY_METHODS, make_wflw_fixture, tiny_config
 from facemark.data import load_dataset
 from facemark.data.transforms import CropConvention
 from facemark.engine.checkpoint import load_checkpoint
-from facemark.engine.config import ConfigError
+from facemark.engine.config import ConfigError, load_config
 from facemark.engine.data import CropDataset, carve_validation, training_shapes
 from facemark.engine.evaluate import evaluate, load_predictions, save_predictions, score
 from facemark.engine.train import TrainingDiverged, train
@@ -187,6 +187,43 @@ def test_cosine_schedule_decays_every_batch(fixture_root, tmp_path):
     logged = [float(line.split(",")[2]) for line in lines[1:]]  # the lr of each epoch's last step
     np.testing.assert_allclose(logged, [0.01 * (1 + np.cos(np.pi * step / 4)) / 2 for step in (1, 3)], rtol=1e-6)
     assert load_checkpoint(result.last_checkpoint)["scheduler"]["last_epoch"] == 4
+
+
+def test_time_budget_cuts_the_plan_and_moves_the_lr_drop():
+    import logging
+
+    from facemark.engine.distributed import DistributedContext
+    from facemark.engine.train import _fit_time_budget
+
+    def fit(done, planned, elapsed, milestone):
+        config = load_config(None, ["optim.time_budget_minutes=1", f"optim.epochs={planned}"])
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone])
+        total = _fit_time_budget(config, done, planned, elapsed, done, scheduler, DistributedContext(),
+                                 logging.getLogger("test"))
+        return total, sorted(scheduler.milestones)
+
+    # 2 epochs took 20 s of a 60-s budget: 4 more fit, 6 in all instead of 12; the drop planned
+    # after epoch 9 of 12 moves to after epoch round(9 x 6 / 12) = 4 (round half to even).
+    assert fit(2, 12, 20.0, 9) == (6, [4])
+    assert fit(2, 6, 20.0, 5) == (6, [5])  # it fits: nothing changes
+    assert fit(5, 12, 50.0, 9) == (6, [6])  # never before the next epoch
+    assert fit(2, 12, 61.0, 9)[0] == 2  # over budget: stop after this epoch
+    with pytest.raises(ConfigError, match="optim.scheduler"):
+        load_config(None, ["optim.time_budget_minutes=1", "optim.scheduler=cosine"])
+
+
+def test_training_stops_at_the_time_budget(fixture_root, tmp_path):
+    # ~0.5 s per epoch (2 steps of >= 0.2 s) against a 1.2-s budget: the 6 planned epochs are cut.
+    config = tiny_config(fixture_root, tmp_path / "run", "optim.epochs=6", "optim.milestones=[5]",
+                         "optim.time_budget_minutes=0.02", "loss.options.sleep_seconds=0.2")
+    result = train(config, methods=TINY_METHODS)
+    assert 1 <= result.epochs_completed < 6
+    state = load_checkpoint(result.last_checkpoint)
+    assert state["epoch"] == result.epochs_completed
+    lines = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + result.epochs_completed
+    assert "optim.time_budget_minutes=0.02" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_channels_last_training_trains_the_same_model(fixture_root, tmp_path):

@@ -112,6 +112,10 @@ class OptimConfig:
     epochs: int = 150
     batch_size: int = 32
     grad_clip_norm: float | None = None  # clip the global gradient norm (None: no clipping)
+    # Wall-clock limit of one invocation of `facemark train` (None: none). After every epoch the
+    # epochs still planned are cut to those that fit (from the mean epoch time so far), and
+    # milestones not yet reached move with the shortened plan; multistep / constant only.
+    time_budget_minutes: float | None = None
 
 
 @dataclass
@@ -181,6 +185,10 @@ def _check_values(config: TrainConfig) -> None:
         ("optim.gamma", config.optim.gamma > 0, "a number > 0"),
         ("optim.milestones", list(config.optim.milestones) == sorted(set(config.optim.milestones)),
          "strictly increasing epochs"),
+        ("optim.time_budget_minutes", config.optim.time_budget_minutes is None
+         or config.optim.time_budget_minutes > 0, "a number > 0 or null"),
+        ("optim.scheduler", config.optim.time_budget_minutes is None or config.optim.scheduler != "cosine",
+         "multistep or constant when optim.time_budget_minutes is set (a cosine schedule cannot be cut)"),
         ("optim.grad_clip_norm", config.optim.grad_clip_norm is None or config.optim.grad_clip_norm > 0,
          "null or a number > 0"),
         ("runtime.log_interval", config.runtime.log_interval >= 1, "an integer >= 1"),

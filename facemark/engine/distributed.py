@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "init_distributed", "cleanup_distributed", "resolve_device", "broadcast_flag"]
+__all__ = ["DistributedContext", "init_distributed", "cleanup_distributed", "resolve_device", "broadcast_flag",
+           "agree_on_minimum"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +103,12 @@ def broadcast_flag(flag: bool, context: DistributedContext) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=context.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def agree_on_minimum(value: int, context: DistributedContext) -> int:
+    """The smallest of the ranks' ``value`` on every rank (a decision all ranks must share)."""
+    if not context.distributed:
+        return value
+    tensor = torch.tensor([float(value)], device=context.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())

@@ -39,7 +39,7 @@ from torch import nn
 from facemark.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from facemark.engine.config import ConfigError, TrainConfig, check_options, config_to_dict, save_config
 from facemark.engine.data import CropDataset, carve_validation, training_shapes, worker_init
-from facemark.engine.distributed import broadcast_flag, cleanup_distributed, init_distributed
+from facemark.engine.distributed import agree_on_minimum, broadcast_flag, cleanup_distributed, init_distributed
 from facemark.engine.evaluate import predict_landmarks
 from facemark.engine.methods import (
     METHODS,
@@ -108,6 +108,35 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
 def scheduler_steps_per_batch(config: TrainConfig) -> bool:
     """Whether :func:`build_scheduler`'s schedule is stepped after every batch (else every epoch)."""
     return config.optim.scheduler == "cosine"
+
+
+def _fit_time_budget(config: TrainConfig, epochs_done: int, planned_epochs: int, elapsed_seconds: float,
+                     epochs_timed: int, scheduler, context, logger) -> int:
+    """``optim.time_budget_minutes``: the number of epochs to train in all, re-fitted after an
+    epoch. The epochs left are cut to those that fit in the time left at the mean epoch time of
+    this invocation (never extended); multistep milestones not yet reached are scaled by the same
+    factor as the plan (at least one epoch away, so an lr drop planned for the end stays at the end)."""
+    budget_seconds = 60.0 * config.optim.time_budget_minutes
+    epoch_seconds = elapsed_seconds / max(epochs_timed, 1)
+    fitting = epochs_done + int(max(0.0, budget_seconds - elapsed_seconds) // epoch_seconds)
+    fitting = agree_on_minimum(min(planned_epochs, fitting), context)  # every rank stops together
+    if fitting >= planned_epochs:
+        return planned_epochs
+    total = max(fitting, epochs_done)
+    milestones = getattr(scheduler, "milestones", None)
+    if milestones:
+        moved = {}
+        for milestone, count in milestones.items():
+            if milestone > epochs_done:
+                milestone = min(max(round(milestone * total / planned_epochs), epochs_done + 1),
+                                max(total - 1, epochs_done + 1))
+            moved[milestone] = moved.get(milestone, 0) + count
+        scheduler.milestones = type(milestones)(moved)
+    if context.is_main:
+        logger.warning("optim.time_budget_minutes=%g: %d epoch(s) of %.0f s fit, not %d; training stops after "
+                       "epoch %d%s", config.optim.time_budget_minutes, total, epoch_seconds, planned_epochs, total,
+                       f" (lr milestones now {sorted(scheduler.milestones)})" if milestones else "")
+    return total
 
 
 def _augmentation(config: TrainConfig):
@@ -385,6 +414,8 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         epochs = config.optim.epochs
         run_start, epochs_timed = time.perf_counter(), 0
         for epoch in range(start_epoch, epochs):
+            if epoch >= epochs:  # the time budget cut the plan short (below)
+                break
             sampler.set_epoch(epoch)
             train_data.set_epoch(epoch)
             train_model.train()
@@ -498,6 +529,9 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
                     "epoch %d/%d: loss %.5f, lr %.2e, %s%.1f img/s, %s/epoch, ETA %s%s", epoch + 1, epochs, train_loss,
                     lr, "" if val_nme is None else f"val NME {100 * val_nme:.3f}%, ", rate, _format_seconds(epoch_seconds),
                     _format_seconds(average * (epochs - epoch - 1)), " (best)" if improved and val_nme is not None else "")
+            if config.optim.time_budget_minutes is not None and epoch + 1 < epochs:
+                epochs = _fit_time_budget(config, epoch + 1, epochs, time.perf_counter() - run_start,
+                                          epoch + 1 - start_epoch, scheduler, context, logger)
             if context.distributed:
                 torch.distributed.barrier()
 
@@ -505,7 +539,7 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
             logger.info("done: %s%s", last_path, f"; best {best_path} (epoch {best_epoch}, val NME "
                         f"{100 * best_metric:.3f}%)" if best_metric is not None else "")
         return TrainResult(output_dir, last_path, best_path if best_path.is_file() else None, best_metric, best_epoch,
-                           epochs, model)
+                           min(epochs, config.optim.epochs), model)
     finally:
         torch.use_deterministic_algorithms(previous_switches[0])
         torch.backends.cudnn.benchmark = previous_switches[1]
