@@ -1,7 +1,8 @@
 """Batch-1 latency of the fast SLPT preset (``configs/synthface_slpt_fast.yaml``, read from the
-file: MobileNetV2 backbone, d = 128, 2 layers, 2 stages, K = 5, 4 heads, 128 x 128 crops) in
-torch eager and ONNX Runtime: the preset and two neighbours (3 stages; 8 heads), with the
-ONNX / torch ratio measured in the same run.
+file: half-width MobileNetV2 backbone, d = 128, 1 layer, 2 stages, K = 4, 4 heads, 128 x 128
+crops) in torch eager and ONNX Runtime: the preset and two neighbours (3 stages; the session-3
+preset: full-width MobileNetV2, 2 layers, K = 5), with the ONNX / torch ratio measured in the
+same run.
 
     .venv/bin/python benchmarks/fast_preset_speed.py --threads 2
 
@@ -51,7 +52,8 @@ def main() -> None:
     preset_config = SLPTConfig(num_points=98, backbone=preset.model.backbone, **preset.model.options)
     variants = {"the preset": preset_config,
                 "3 stages": dataclasses.replace(preset_config, num_stages=3),
-                "8 heads": dataclasses.replace(preset_config, num_heads=8)}
+                "session-3 preset": dataclasses.replace(preset_config, backbone="mobilenet_v2", num_layers=2,
+                                                        patch_samples=5)}
     for label, config in variants.items():
         model = build_slpt(config, mean_face=torch.rand(98, 2) * 0.6 + 0.2).eval()
         with torch.inference_mode():
@@ -60,7 +62,8 @@ def main() -> None:
         session = _onnx_session(onnx_model_bytes(model, layout, crop), "cpu", args.threads)
         feed = {session.get_inputs()[0].name: image.numpy()}
         onnx = median_ms(lambda: session.run(None, feed), args.repeats)
-        print(f"{label} (K={config.patch_samples}, {config.num_heads} heads, {config.num_stages} stages): torch eager "
+        print(f"{label} ({config.backbone}, {config.num_layers} layer(s), K={config.patch_samples}, "
+              f"{config.num_stages} stages): torch eager "
               f"{eager:.1f} ms (backbone {backbone:.1f} ms), ONNX Runtime {onnx:.1f} ms (x{eager / onnx:.2f} vs eager)")
 
 if __name__ == "__main__":
