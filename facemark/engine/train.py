@@ -123,7 +123,7 @@ def _fit_time_budget(config: TrainConfig, epochs_done: int, planned_epochs: int,
     if fitting >= planned_epochs:
         return planned_epochs
     total = max(fitting, epochs_done)
-    milestones = getattr(scheduler, "milestones", None)
+    milestones = getattr(scheduler, "milestones", None) if total > epochs_done else None
     if milestones:
         moved = {}
         for milestone, count in milestones.items():
