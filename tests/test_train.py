@@ -195,10 +195,12 @@ def test_time_budget_cuts_the_plan_and_moves_the_lr_drop():
     from facemark.engine.distributed import DistributedContext
     from facemark.engine.train import _fit_time_budget
 
-    def fit(done, planned, elapsed, milestone):
-        config = load_config(None, ["optim.time_budget_minutes=1", f"optim.epochs={planned}"])
+    def fit(done, planned, elapsed, milestone, recipe_epochs=None, scheduled=None):
+        # recipe: optim.epochs / milestones; planned / scheduled: the plan before this epoch's re-fit.
+        config = load_config(None, ["optim.time_budget_minutes=1", f"optim.epochs={recipe_epochs or planned}",
+                                    f"optim.milestones=[{milestone}]"])
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone])
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[scheduled or milestone])
         total = _fit_time_budget(config, done, planned, elapsed, done, scheduler, DistributedContext(),
                                  logging.getLogger("test"))
         return total, sorted(scheduler.milestones)
@@ -209,6 +211,10 @@ def test_time_budget_cuts_the_plan_and_moves_the_lr_drop():
     assert fit(2, 6, 20.0, 5) == (6, [5])  # it fits: nothing changes
     assert fit(5, 12, 50.0, 9) == (6, [6])  # never before the next epoch
     assert fit(2, 12, 61.0, 9)[0] == 2  # over budget: stop after this epoch
+    # A plan cut to 6 (drop after 4) after a slow first epoch grows back when epochs get faster,
+    # up to the recipe's 12 (drop after 9); a drop that already happened stays where it was.
+    assert fit(3, 6, 15.0, 9, recipe_epochs=12, scheduled=4) == (12, [9])
+    assert fit(5, 6, 25.0, 9, recipe_epochs=12, scheduled=4) == (12, [4])
     with pytest.raises(ConfigError, match="optim.scheduler"):
         load_config(None, ["optim.time_budget_minutes=1", "optim.scheduler=cosine"])
 

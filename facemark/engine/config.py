@@ -113,8 +113,8 @@ class OptimConfig:
     batch_size: int = 32
     grad_clip_norm: float | None = None  # clip the global gradient norm (None: no clipping)
     # Wall-clock limit of one invocation of `facemark train` (None: none). After every epoch the
-    # epochs still planned are cut to those that fit (from the mean epoch time so far), and
-    # milestones not yet reached move with the shortened plan; multistep / constant only.
+    # plan is re-fitted: `epochs`, or fewer if they do not fit at the mean epoch time so far;
+    # milestones not yet reached move with the plan (docs/training.md). Multistep / constant only.
     time_budget_minutes: float | None = None
 
 

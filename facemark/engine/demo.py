@@ -57,7 +57,7 @@ class DemoSettings:
     """
 
     out_dir: str = "runs/demo"
-    minutes: float = 5.75
+    minutes: float = 6.25
     seed: int = 0
     device: str = "auto"
     num_train: int = 2000

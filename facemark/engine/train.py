@@ -112,30 +112,33 @@ def scheduler_steps_per_batch(config: TrainConfig) -> bool:
 
 def _fit_time_budget(config: TrainConfig, epochs_done: int, planned_epochs: int, elapsed_seconds: float,
                      epochs_timed: int, scheduler, context, logger) -> int:
-    """``optim.time_budget_minutes``: the number of epochs to train in all, re-fitted after an
-    epoch. The epochs left are cut to those that fit in the time left at the mean epoch time of
-    this invocation (never extended); multistep milestones not yet reached are scaled by the same
-    factor as the plan (at least one epoch away, so an lr drop planned for the end stays at the end)."""
+    """``optim.time_budget_minutes``: the number of epochs to train in all, re-fitted after each
+    epoch from the mean epoch time of this invocation: ``optim.epochs``, or fewer if they do not
+    fit in the time left (a plan cut after a slow first epoch grows back, never past
+    ``optim.epochs``). Multistep milestones not yet reached are placed at the same fraction of
+    the new plan as of ``optim.epochs`` (at least one epoch ahead, so an lr drop planned for the
+    end stays at the end). ``planned_epochs``: the plan before this call."""
     budget_seconds = 60.0 * config.optim.time_budget_minutes
     epoch_seconds = elapsed_seconds / max(epochs_timed, 1)
     fitting = epochs_done + int(max(0.0, budget_seconds - elapsed_seconds) // epoch_seconds)
-    fitting = agree_on_minimum(min(planned_epochs, fitting), context)  # every rank stops together
-    if fitting >= planned_epochs:
-        return planned_epochs
-    total = max(fitting, epochs_done)
-    milestones = getattr(scheduler, "milestones", None) if total > epochs_done else None
-    if milestones:
-        moved = {}
-        for milestone, count in milestones.items():
-            if milestone > epochs_done:
-                milestone = min(max(round(milestone * total / planned_epochs), epochs_done + 1),
-                                max(total - 1, epochs_done + 1))
-            moved[milestone] = moved.get(milestone, 0) + count
+    total = max(epochs_done, min(config.optim.epochs, fitting))
+    total = agree_on_minimum(total, context)  # every rank stops together
+    if total == planned_epochs:
+        return total
+    milestones = getattr(scheduler, "milestones", None)
+    if milestones and total > epochs_done:
+        # Pair the scheduler's milestones (those reached have fired and stay) with the recipe's.
+        current = sorted(milestones.elements())
+        moved = [now if now <= epochs_done else
+                 min(max(round(recipe * total / config.optim.epochs), epochs_done + 1), max(total - 1, epochs_done + 1))
+                 for now, recipe in zip(current, config.optim.milestones)]
         scheduler.milestones = type(milestones)(moved)
     if context.is_main:
-        logger.warning("optim.time_budget_minutes=%g: %d epoch(s) of %.0f s fit, not %d; training stops after "
-                       "epoch %d%s", config.optim.time_budget_minutes, total, epoch_seconds, planned_epochs, total,
-                       f" (lr milestones now {sorted(scheduler.milestones)})" if milestones else "")
+        logger.warning("optim.time_budget_minutes=%g: at %.0f s per epoch %d epoch(s) fit (plan: %d, recipe: %d); "
+                       "training stops after epoch %d%s", config.optim.time_budget_minutes, epoch_seconds, total,
+                       planned_epochs, config.optim.epochs, total,
+                       f" (lr milestones now {sorted(scheduler.milestones.elements())})"
+                       if milestones and total > epochs_done else "")
     return total
 
 
@@ -529,7 +532,7 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
                     "epoch %d/%d: loss %.5f, lr %.2e, %s%.1f img/s, %s/epoch, ETA %s%s", epoch + 1, epochs, train_loss,
                     lr, "" if val_nme is None else f"val NME {100 * val_nme:.3f}%, ", rate, _format_seconds(epoch_seconds),
                     _format_seconds(average * (epochs - epoch - 1)), " (best)" if improved and val_nme is not None else "")
-            if config.optim.time_budget_minutes is not None and epoch + 1 < epochs:
+            if config.optim.time_budget_minutes is not None and epoch + 1 < config.optim.epochs:
                 epochs = _fit_time_budget(config, epoch + 1, epochs, time.perf_counter() - run_start,
                                           epoch + 1 - start_epoch, scheduler, context, logger)
             if context.distributed:
