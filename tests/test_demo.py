@@ -13,6 +13,7 @@ from facemark.engine.demo import (
     _dataset_matches,
     add_demo_arguments,
     epochs_for_budget,
+    lr_drop_epoch,
     mean_shape_predictions,
 )
 
@@ -90,6 +91,15 @@ def test_epochs_for_budget():
     assert epochs_for_budget(4.0 * 93.34, 0.1, 900, 100, max_epochs=50) == 4
     assert epochs_for_budget(10, 0.1, 900, 100, max_epochs=50) == 1  # at least one epoch
     assert epochs_for_budget(1e6, 0.1, 900, 100, max_epochs=50) == 50  # capped
+
+
+def test_lr_drop_epoch_keeps_the_last_eighth_at_least_one_epoch():
+    assert lr_drop_epoch(2) == 1
+    assert lr_drop_epoch(8) == 7  # the last epoch only
+    assert lr_drop_epoch(18) == 16
+    assert lr_drop_epoch(60) == 52
+    with pytest.raises(ValueError, match="at least 2 epochs"):
+        lr_drop_epoch(1)
 
 
 def test_mean_shape_baseline_maps_the_crop_shape_back_to_the_image():

@@ -203,18 +203,21 @@ def test_time_budget_cuts_the_plan_and_moves_the_lr_drop():
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[scheduled or milestone])
         total = _fit_time_budget(config, done, planned, elapsed, done, scheduler, DistributedContext(),
                                  logging.getLogger("test"))
-        return total, sorted(scheduler.milestones)
+        return total, sorted(scheduler.milestones), optimizer.param_groups[0]["lr"]
 
     # 2 epochs took 20 s of a 60-s budget: 4 more fit, 6 in all instead of 12; the drop planned
     # after epoch 9 of 12 moves to after epoch round(9 x 6 / 12) = 4 (round half to even).
-    assert fit(2, 12, 20.0, 9) == (6, [4])
-    assert fit(2, 6, 20.0, 5) == (6, [5])  # it fits: nothing changes
-    assert fit(5, 12, 50.0, 9) == (6, [6])  # never before the next epoch
+    assert fit(2, 12, 20.0, 9) == (6, [4], 1.0)
+    assert fit(2, 6, 20.0, 5) == (6, [5], 1.0)  # it fits: nothing changes
+    assert fit(4, 12, 40.0, 9) == (6, [5], 1.0)  # never before the next epoch
+    # One epoch left and the drop not reached: it happens now, so the last epoch gets it.
+    assert fit(5, 12, 50.0, 9) == (6, [5], pytest.approx(0.1))
+    assert fit(5, 12, 50.0, 12) == (6, [12], 1.0)  # a milestone at or past the recipe's end never fires
     assert fit(2, 12, 61.0, 9)[0] == 2  # over budget: stop after this epoch
     # A plan cut to 6 (drop after 4) after a slow first epoch grows back when epochs get faster,
     # up to the recipe's 12 (drop after 9); a drop that already happened stays where it was.
-    assert fit(3, 6, 15.0, 9, recipe_epochs=12, scheduled=4) == (12, [9])
-    assert fit(5, 6, 25.0, 9, recipe_epochs=12, scheduled=4) == (12, [4])
+    assert fit(3, 6, 15.0, 9, recipe_epochs=12, scheduled=4) == (12, [9], 1.0)
+    assert fit(5, 6, 25.0, 9, recipe_epochs=12, scheduled=4) == (12, [4], 1.0)
     with pytest.raises(ConfigError, match="optim.scheduler"):
         load_config(None, ["optim.time_budget_minutes=1", "optim.scheduler=cosine"])
 

@@ -116,8 +116,9 @@ def _fit_time_budget(config: TrainConfig, epochs_done: int, planned_epochs: int,
     epoch from the mean epoch time of this invocation: ``optim.epochs``, or fewer if they do not
     fit in the time left (a plan cut after a slow first epoch grows back, never past
     ``optim.epochs``). Multistep milestones not yet reached are placed at the same fraction of
-    the new plan as of ``optim.epochs`` (at least one epoch ahead, so an lr drop planned for the
-    end stays at the end). ``planned_epochs``: the plan before this call."""
+    the new plan as of ``optim.epochs``, at least one epoch ahead and before the plan's end; when
+    only one epoch is left, a drop the recipe places before its end happens now (the last epoch
+    trains at the dropped rate instead of none). ``planned_epochs``: the plan before this call."""
     budget_seconds = 60.0 * config.optim.time_budget_minutes
     epoch_seconds = elapsed_seconds / max(epochs_timed, 1)
     fitting = epochs_done + int(max(0.0, budget_seconds - elapsed_seconds) // epoch_seconds)
@@ -129,10 +130,18 @@ def _fit_time_budget(config: TrainConfig, epochs_done: int, planned_epochs: int,
     if milestones and total > epochs_done:
         # Pair the scheduler's milestones (those reached have fired and stay) with the recipe's.
         current = sorted(milestones.elements())
-        moved = [now if now <= epochs_done else
-                 min(max(round(recipe * total / config.optim.epochs), epochs_done + 1), max(total - 1, epochs_done + 1))
-                 for now, recipe in zip(current, config.optim.milestones)]
+        moved, drops_now = [], 0
+        for now, recipe in zip(current, config.optim.milestones):
+            if now <= epochs_done or recipe >= config.optim.epochs:  # fired already, or never meant to
+                moved.append(now)
+            elif total == epochs_done + 1:  # no epoch left before the end: drop for the last one
+                moved.append(epochs_done)
+                drops_now += 1
+            else:
+                moved.append(min(max(round(recipe * total / config.optim.epochs), epochs_done + 1), total - 1))
         scheduler.milestones = type(milestones)(moved)
+        for group in scheduler.optimizer.param_groups:  # what the scheduler's step would have done
+            group["lr"] *= scheduler.gamma ** drops_now
     if context.is_main:
         logger.warning("optim.time_budget_minutes=%g: at %.0f s per epoch %d epoch(s) fit (plan: %d, recipe: %d); "
                        "training stops after epoch %d%s", config.optim.time_budget_minutes, epoch_seconds, total,
