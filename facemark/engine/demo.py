@@ -57,7 +57,7 @@ class DemoSettings:
     """
 
     out_dir: str = "runs/demo"
-    minutes: float = 6.25
+    minutes: float = 6.0
     seed: int = 0
     device: str = "auto"
     num_train: int = 2000
