@@ -425,8 +425,8 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
 
         epochs = config.optim.epochs
         run_start, epochs_timed = time.perf_counter(), 0
-        for epoch in range(start_epoch, epochs):
-            if epoch >= epochs:  # the time budget cut the plan short (below)
+        for epoch in range(start_epoch, config.optim.epochs):
+            if epoch >= epochs:  # the time budget cut the plan short (below); it never exceeds optim.epochs
                 break
             sampler.set_epoch(epoch)
             train_data.set_epoch(epoch)
@@ -551,7 +551,7 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
             logger.info("done: %s%s", last_path, f"; best {best_path} (epoch {best_epoch}, val NME "
                         f"{100 * best_metric:.3f}%)" if best_metric is not None else "")
         return TrainResult(output_dir, last_path, best_path if best_path.is_file() else None, best_metric, best_epoch,
-                           min(epochs, config.optim.epochs), model)
+                           epochs, model)
     finally:
         torch.use_deterministic_algorithms(previous_switches[0])
         torch.backends.cudnn.benchmark = previous_switches[1]
