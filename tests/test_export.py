@@ -52,7 +52,7 @@ def test_onnx_and_torch_agree_on_the_same_crops(small_slpt, crops, exported):
     assert reference.std() > 1e-3  # a model whose output depends on its input
     for predictor in (
         Predictor(folder / "slpt.onnx", backend="onnx", detector=None),
-        Predictor(folder / "slpt.ts", detector=None),
+        Predictor(folder / "slpt.ts", detector=None, trust_torchscript=True),
         Predictor(small_slpt, backend="onnx", layout="wflw98", crop_convention=CROP, detector=None),  # in memory
     ):
         assert predictor.crop == CROP and predictor.layout.name == "wflw98"
@@ -94,6 +94,9 @@ def test_exported_files_describe_themselves(exported):
 
     with pytest.raises(ValueError, match="backend='onnx'"):
         Predictor(folder / "slpt.onnx", backend="torch")
+    # A TorchScript file is a program: it runs only when the user says they trust it.
+    with pytest.raises(ValueError, match=r"slpt\.ts is a TorchScript program.*trust_torchscript=True"):
+        Predictor(folder / "slpt.ts", detector=None)
     with pytest.raises(ValueError, match="opset"):
         onnx_model_bytes(torch.nn.Identity(), WFLW98, CROP, opset=15)
     bare = folder / "bare.onnx"

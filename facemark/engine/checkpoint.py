@@ -13,11 +13,21 @@ A facemark checkpoint is a ``torch.save``'d dict::
                      method, backbone, options, layout (dict), statistics (mean face /
                      neighbourhood as numpy arrays), crop convention (dict), image size
 
+Security: a checkpoint is data, never code. It is read with ``torch.load(weights_only=True)``,
+whose unpickler builds tensors and plain Python values only, so a crafted file cannot run
+anything. To make that possible the file holds nothing else: :func:`save_checkpoint` stores a
+numpy array as ``{"__ndarray__": tensor, "dtype": "float64"}`` (and numpy scalars as Python
+numbers, paths as strings) and :func:`load_checkpoint` turns those back into numpy arrays; any
+other object is refused when saving, with the key that holds it. Format 1 files (which pickled
+numpy arrays) are read with the same restricted unpickler, allowing numpy's array
+reconstruction and nothing more.
+
 Writes go to a temporary file in the same directory, are fsync'ed and then renamed over the
 target with ``os.replace``: a run killed mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import collections
 import os
 import random
 import tempfile
@@ -30,9 +40,17 @@ import torch
 from torch import nn
 
 from facemark.layouts import Layout
+from facemark.models.weights import WeightsFileError, read_weights_file
+
+# A checkpoint that cannot be read; the message names the file.
+CheckpointError = WeightsFileError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "read_weights_file",
+    "to_plain",
+    "from_plain",
     "save_checkpoint",
     "load_checkpoint",
     "capture_rng_state",
@@ -42,14 +60,65 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "facemark-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+# Format 1 (facemark 0.1 before plain-type checkpoints) pickled numpy arrays; still readable.
+_READABLE_VERSIONS = (1, 2)
+_NDARRAY_TAG = "__ndarray__"
+
+
+def to_plain(value: Any, key: str = "state") -> Any:
+    """``value`` as tensors and plain Python values only (what ``weights_only`` loading accepts).
+
+    Numpy arrays become ``{"__ndarray__": tensor, "dtype": name}``, numpy scalars Python numbers,
+    paths strings; anything else that is not a tensor or a plain value is a ``TypeError`` naming
+    ``key`` (the dotted path of the entry), so a checkpoint that could not be read back safely is
+    never written.
+    """
+    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise TypeError(f"checkpoint entry {key}: a numpy array of Python objects cannot be stored safely")
+        return {_NDARRAY_TAG: torch.from_numpy(np.ascontiguousarray(value).copy()), "dtype": value.dtype.str}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        plain = {}
+        for name, item in value.items():
+            if not isinstance(name, (str, int)):
+                raise TypeError(f"checkpoint entry {key}: key {name!r} is a {type(name).__name__}, not a string or int")
+            plain[name] = to_plain(item, f"{key}.{name}")
+        # Keep the mapping's type where weights_only loading rebuilds it (OrderedDict, Counter):
+        # schedulers' state dicts hold a Counter of milestones.
+        return type(value)(plain) if type(value) in (collections.OrderedDict, collections.Counter) else plain
+    if isinstance(value, (list, tuple)):
+        items = [to_plain(item, f"{key}[{index}]") for index, item in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise TypeError(f"checkpoint entry {key}: a {type(value).__module__}.{type(value).__qualname__} is not a tensor "
+                    "or a plain value and cannot be stored in a checkpoint that loads without running code")
+
+
+def from_plain(value: Any) -> Any:
+    """Inverse of :func:`to_plain`: tagged entries back to numpy arrays."""
+    if isinstance(value, dict):
+        if _NDARRAY_TAG in value and set(value) == {_NDARRAY_TAG, "dtype"}:
+            return value[_NDARRAY_TAG].numpy().astype(np.dtype(value["dtype"]), copy=False)
+        restored = {name: from_plain(item) for name, item in value.items()}
+        return type(value)(restored) if type(value) in (collections.OrderedDict, collections.Counter) else restored
+    if isinstance(value, list):
+        return [from_plain(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(from_plain(item) for item in value)
+    return value
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file + fsync + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    state = to_plain({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state})
     # The temporary file must be in the same directory: os.replace is atomic only within a
     # file system.
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -74,21 +143,18 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a facemark checkpoint; errors name the file and what is wrong with it."""
+    """Read a facemark checkpoint without running code from it; errors name the file and what is
+    wrong with it (:class:`CheckpointError`, a ``ValueError``; ``FileNotFoundError`` when missing)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        # Our checkpoints hold numpy arrays and plain Python besides tensors; they are files the
-        # user produced with facemark, so the full unpickler is used (never load untrusted files).
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # truncated or not a torch file
-        raise ValueError(f"checkpoint {path} could not be read ({type(error).__name__}: {error})") from None
+    state = read_weights_file(path, "checkpoint", map_location, allow_numpy=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a facemark checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path} has version {state.get('version')!r}; this facemark reads {CHECKPOINT_VERSION}")
-    return state
+        raise CheckpointError(f"{path} is not a facemark checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
+    if state.get("version") not in _READABLE_VERSIONS:
+        raise CheckpointError(f"checkpoint {path} has version {state.get('version')!r}; this facemark reads "
+                              f"{', '.join(map(str, _READABLE_VERSIONS))}")
+    return from_plain(state)
 
 
 # -- random number generators --------------------------------------------------------------------
@@ -158,12 +224,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", methods: Ma
     state = load_checkpoint(path)
     spec = state.get("model_spec")
     if spec is None:
-        raise ValueError(f"checkpoint {path} has no 'model_spec' entry; it cannot be rebuilt stand-alone")
+        raise CheckpointError(f"checkpoint {path} has no 'model_spec' entry; it cannot be rebuilt stand-alone")
     model = build_model_from_spec(spec, METHODS if methods is None else methods)
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as error:
-        raise ValueError(f"checkpoint {path}: the weights do not fit the model described in it: {error}") from None
+        raise CheckpointError(f"checkpoint {path}: the weights do not fit the model described in it: {error}") from None
     model.to(device).eval()
     return LoadedModel(
         model=model,

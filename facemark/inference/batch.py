@@ -99,6 +99,7 @@ def _make_predictor(args: argparse.Namespace):
             passes=args.passes,
             batch_size=args.batch_size,
             num_threads=args.threads,
+            trust_torchscript=args.trust_torchscript,
         )
     except (FileNotFoundError, ValueError, RuntimeError, TypeError) as error:
         raise _error(str(error)) from None

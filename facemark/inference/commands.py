@@ -36,6 +36,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draw", action="store_true", help="also write the images / videos with the landmarks drawn, under OUT/drawn/")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--backend", choices=("torch", "onnx"), default=None, help="torch or onnx (ONNX Runtime); default: onnx for .onnx weights, else torch")
+    parser.add_argument("--trust-torchscript", action="store_true", help="run a TorchScript --weights file: it is a program, so it is refused unless you trust it (e.g. you exported it yourself); checkpoints and .onnx files need no trust")
     parser.add_argument("--boxes", default=None, help="face boxes file: .json {\"image\": [[x_min, y_min, x_max, y_max], ...]} or .csv with header image,x_min,y_min,x_max,y_max; images without an entry use the detector")
     parser.add_argument("--box", action="append", default=None, metavar="X_MIN,Y_MIN,X_MAX,Y_MAX", help="a face box used for every input image (repeat for several faces); overrides the detector")
     parser.add_argument("--box-calibration", default=None, metavar="SCALE,SHIFT_X,SHIFT_Y", help="map your boxes to the model's box (default 1,0,0: your boxes are the model's box, e.g. the tight landmark box for SLPT); see docs/inference.md")
@@ -86,9 +87,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``facemark export``: writes, checks and describes the exported file."""
+    from facemark.cli import CommandError
     from facemark.inference.export import run_export as run
 
-    return run(args)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as error:  # unreadable weights: one line, as in predict / evaluate
+        raise CommandError(str(error)) from None
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -161,7 +161,8 @@ def export_model(
             torch.jit.save(traced, str(out), _extra_files={"facemark.json": metadata})
     result = {"path": str(out), "format": format, "max_difference_px": None}
     if check:
-        exported = load_weights(out, "cpu", "onnx" if format == "onnx" else "torch")
+        # The file was written just above by this process: running it is safe.
+        exported = load_weights(out, "cpu", "onnx" if format == "onnx" else "torch", trust_torchscript=True)
         example = _example_input(bundle.crop, batch=3).numpy()
         difference = np.abs(exported.run(example) - bundle.run(example)).max() * bundle.crop.size
         result["max_difference_px"] = float(difference)
@@ -177,7 +178,7 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"check: exported vs torch on a batch of 3, max difference {result['max_difference_px']:.2e} crop px")
     from facemark.inference.predictor import load_weights
 
-    bundle = load_weights(args.out, "cpu", "onnx" if args.format == "onnx" else "torch")
+    bundle = load_weights(args.out, "cpu", "onnx" if args.format == "onnx" else "torch", trust_torchscript=True)
     size = bundle.crop.size
     print(f"input  'image': (batch, 3, {size}, {size}) float32, RGB, (pixel/255 - {list(IMAGENET_MEAN)}) / {list(IMAGENET_STD)}")
     print(f"output 'landmarks': (batch, {bundle.layout.num_points}, 2) float32, crop pixels / {size}")

@@ -43,6 +43,7 @@ from facemark.data.transforms import (
 )
 from facemark.inference.detectors import IDENTITY_CALIBRATION, BoxCalibration, FaceDetector, HaarFaceDetector, check_boxes
 from facemark.layouts import Layout, get_layout, wflw98_to_300w68
+from facemark.models.weights import WeightsFileError, read_weights_file
 
 __all__ = [
     "FaceLandmarks",
@@ -127,12 +128,9 @@ def _inspect_weights(path: str | Path) -> tuple[str, dict | None]:
             names = archive.namelist()
         if any("/code/" in name for name in names) or any(name.endswith("constants.pkl") for name in names):
             return "torchscript", None
-    try:
-        # weights_only: a plain state dict of tensors loads without running pickled code. A
-        # facemark checkpoint holds numpy arrays and is refused here, and read by its own loader.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return "facemark", None
+    # The restricted unpickler (weights_only): a file holding anything but tensors and plain values
+    # (a pickled payload) is refused here, naming the file, and nothing in it runs.
+    state = read_weights_file(path, "weights", allow_numpy=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a {"state_dict": ...} wrapper, which load_official_slpt accepts too
     if isinstance(state, dict) and state.get("format") != "facemark-checkpoint":
@@ -236,11 +234,16 @@ def load_weights(
     layout: str | Layout | None = None,
     crop_convention: CropConvention | None = None,
     num_threads: int | None = None,
+    trust_torchscript: bool = False,
 ) -> ModelBundle:
     """Load ``weights`` (see the module docstring) for ``backend`` ``"torch"`` or ``"onnx"``.
 
     With ``backend="onnx"`` and torch weights, the model is exported to ONNX in memory first, so
     any facemark or authors' checkpoint runs in ONNX Runtime without a separate export step.
+
+    Checkpoints and state dicts are read without running code from them. A TorchScript file is a
+    program (its ``code/`` is executed by TorchScript's interpreter), so it is run only with
+    ``trust_torchscript=True``; ONNX files are graphs of standard operators and need no such trust.
     """
     if backend not in ("torch", "onnx"):
         raise ValueError(f"Predictor: backend must be 'torch' or 'onnx', got {backend!r}")
@@ -248,6 +251,11 @@ def load_weights(
     if kind == "torchscript":
         if backend != "torch":
             raise ValueError(f"{weights}: a TorchScript file runs with backend='torch'")
+        if not trust_torchscript:
+            raise WeightsFileError(
+                f"{weights} is a TorchScript program: running it executes the code it holds, and facemark does not "
+                "run code from a file unless told to. For a file you exported yourself, pass trust_torchscript=True "
+                "(command line: --trust-torchscript); or use the checkpoint, or an .onnx export")
         extra = {METADATA_KEY + ".json": ""}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in torch >= 2.10
@@ -320,6 +328,8 @@ class Predictor:
         num_threads: CPU threads (torch: ``torch.set_num_threads``, process-wide; ONNX Runtime:
             this session only). None leaves the defaults.
         layout, crop_convention: for ``nn.Module`` weights (files carry their own).
+        trust_torchscript: run a TorchScript file (a program; refused by default, see
+            :func:`load_weights`). Checkpoints are always read without running code from them.
     """
 
     def __init__(
@@ -336,10 +346,11 @@ class Predictor:
         num_threads: int | None = None,
         layout: str | Layout | None = None,
         crop_convention: CropConvention | None = None,
+        trust_torchscript: bool = False,
     ) -> None:
         if num_threads is not None and backend == "torch":
             torch.set_num_threads(num_threads)
-        self.bundle = load_weights(weights, device, backend, layout, crop_convention, num_threads)
+        self.bundle = load_weights(weights, device, backend, layout, crop_convention, num_threads, trust_torchscript)
         self.layout = self.bundle.layout
         self.crop = self.bundle.crop
         self.device = device

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from facemark.models.slpt import SLPT, SLPTConfig, load_official_mean_face
+from facemark.models.weights import WeightsFileError, read_weights_file
 
 __all__ = [
     "OFFICIAL_TO_FACEMARK",
@@ -60,7 +61,7 @@ _OFFICIAL_LAYER = re.compile(r"^Transformer\.Transformer_block\.layers\.(\d+)\.(
 _FACEMARK_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
-class OfficialCheckpointError(ValueError):
+class OfficialCheckpointError(WeightsFileError):
     """A checkpoint does not fit the model; the message lists every offending key."""
 
 
@@ -190,7 +191,7 @@ def load_official_slpt(path: str | Path, map_location: str | torch.device = "cpu
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SLPT checkpoint not found: {path}")
-    official = torch.load(path, map_location=map_location, weights_only=True)
+    official = read_weights_file(path, "SLPT checkpoint", map_location)
     if isinstance(official, dict) and isinstance(official.get("state_dict"), dict):
         official = official["state_dict"]
     if not isinstance(official, dict) or not all(isinstance(v, torch.Tensor) for v in official.values()):

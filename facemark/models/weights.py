@@ -8,12 +8,16 @@ shape-mismatched.
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["read_state_dict", "load_matching_weights"]
+__all__ = ["WeightsFileError", "read_weights_file", "read_state_dict", "load_matching_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,20 +26,69 @@ logger = logging.getLogger(__name__)
 _WRAPPER_PREFIXES = ("module.", "backbone.")
 
 
+class WeightsFileError(ValueError):
+    """A weights or checkpoint file that cannot be read or used; the message names the file."""
+
+
+def _numpy_reconstruction_globals() -> list:
+    """What the restricted unpickler needs, besides its defaults, to rebuild a pickled numpy array
+    (format 1 checkpoints): numpy's array reconstruction and dtype classes -- no callable that
+    can do anything but allocate an array."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    dtype_classes = [type(np.dtype(name)) for name in
+                     ("bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+                      "float16", "float32", "float64")]
+    return [_reconstruct, np.ndarray, np.dtype, *dtype_classes]
+
+
+def read_weights_file(path: str | Path, what: str = "weights", map_location: str | torch.device = "cpu",
+                      allow_numpy: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file.
+
+    The one place facemark reads a ``.pt`` / ``.pth`` file: the restricted unpickler rebuilds
+    tensors and plain Python values and refuses everything else, so a crafted file cannot run
+    code. ``allow_numpy`` also admits pickled numpy arrays (format 1 checkpoints).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            # Files pickled with protocol > 2 (plain pickle.dump) get a warning from the restricted
+            # unpickler; it reads them, or refuses them below.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            if allow_numpy:
+                with torch.serialization.safe_globals(_numpy_reconstruction_globals()):
+                    return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated, not a torch file, or holding something not allowed
+        message = str(error)
+        if "WeightsUnpickler error" in message or "Unsupported global" in message:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", message) or re.search(r"WeightsUnpickler error:\s*(.+)", message)
+            reason = (f"it holds pickled Python objects, not only tensors and plain values ({found.group(1).strip()}); "
+                      "facemark never runs code from a weights file")
+        else:
+            reason = f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"
+        raise WeightsFileError(f"{what} file {path} could not be read: {reason}") from None
+
+
 def read_state_dict(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Read a local ``.pth`` state dict (a plain one, or inside a ``"state_dict"`` / ``"model"``
     entry) with ``weights_only=True``; ``what`` names the weights in the errors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights not found: {path} (facemark never downloads weights)")
-    loaded = torch.load(path, map_location=map_location, weights_only=True)
+    loaded = read_weights_file(path, f"{what} weights", map_location)
     if isinstance(loaded, dict):
         for wrapper_key in ("state_dict", "model"):
             if isinstance(loaded.get(wrapper_key), dict):
                 loaded = loaded[wrapper_key]
                 break
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(loaded).__name__}")
+        raise WeightsFileError(f"{path}: expected a state dict (name -> tensor), got {type(loaded).__name__}")
     return loaded
 
 
