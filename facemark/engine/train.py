@@ -28,7 +28,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -249,6 +249,409 @@ def _config_differences(old: Mapping, new: Mapping, prefix: str = "") -> list[st
     return differences
 
 
+# -- the steps of a run -------------------------------------------------------------------------
+@dataclass
+class _Recipe:
+    """What the config asks for, checked before anything runs."""
+
+    method: Method
+    augmentation: object  # facemark.data.transforms.AugmentationConfig | None
+    crop: object  # facemark.data.transforms.CropConvention
+    output_dir: Path
+    last_path: Path
+    best_path: Path
+
+
+@dataclass
+class _Data:
+    """The training faces and the faces that pick the best epoch (None: the last epoch is best)."""
+
+    train_set: object  # facemark.data.records.LandmarkDataset
+    selection: object | None
+    layout: object  # facemark.layouts.Layout
+
+
+@dataclass
+class _Progress:
+    """Where the run stands; restored from ``last.pt`` by ``--resume``."""
+
+    start_epoch: int = 0
+    global_step: int = 0
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    csv_rows: list = field(default_factory=list)  # metrics.csv, one dict per epoch done
+
+
+@dataclass
+class _Run:
+    """Everything the epoch loop uses."""
+
+    config: TrainConfig
+    recipe: _Recipe
+    data: _Data
+    context: object  # facemark.engine.distributed.DistributedContext
+    logger: logging.Logger
+    spec: dict
+    model: nn.Module
+    train_model: nn.Module  # ``model``, or its DistributedDataParallel wrapper
+    loss_function: object
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    scheduler: object = None
+    train_data: CropDataset | None = None
+    sampler: object = None
+    loader: object = None
+    writer: object = None
+
+
+def _check_recipe(config: TrainConfig, methods: Mapping[str, Method], resume: bool) -> _Recipe:
+    """Config errors and a wrong --resume / output folder are reported before anything starts."""
+    from facemark.data.transforms import CropConvention
+
+    method = get_method(config.model.method, methods)
+    check_method_options(method, config.model.options, config.loss.options)
+    augmentation = _augmentation(config)
+    crop = CropConvention(**config.data.crop.__dict__)
+    output_dir = Path(config.runtime.output_dir)
+    last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
+    if resume and not last_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint {last_path} to resume from (runtime.output_dir={output_dir})")
+    if not resume and last_path.is_file():
+        raise FileExistsError(f"{output_dir} already holds a run ({last_path}); pass --resume to continue it "
+                              "or choose another runtime.output_dir")
+    return _Recipe(method, augmentation, crop, output_dir, last_path, best_path)
+
+
+def _start_processes(config: TrainConfig, output_dir: Path):
+    """Join the process group (if any) and create the output folder."""
+    if config.runtime.deterministic:
+        # Needed by cuBLAS for deterministic matmuls; must be set before the first CUDA call.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    context = init_distributed(config.runtime.device)
+    if context.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    if context.distributed:
+        torch.distributed.barrier()
+    return context
+
+
+def _set_kernel_switches(config: TrainConfig, context) -> None:
+    if config.runtime.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif context.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def _load_data(config: TrainConfig, logger: logging.Logger) -> _Data:
+    """The training split, and the selection faces: the test split (``runtime.select_on=test``),
+    ``data.val_split``, or ``data.val_fraction`` carved from the training split."""
+    from facemark.data import load_dataset
+
+    data, runtime = config.data, config.runtime
+    train_full = load_dataset(data.dataset, data.root, data.train_split)
+    if runtime.select_on == "test":
+        train_set = train_full
+        selection = load_dataset(data.dataset, data.root, data.test_split)
+        logger.warning(
+            "runtime.select_on=test: the best epoch is chosen on the TEST split %r, as the SLPT and SDFL "
+            "authors did. Test numbers of best.pt are then optimistic, not a held-out estimate; use "
+            "runtime.select_on=val for an unbiased result.", data.test_split)
+    elif data.val_split is not None:
+        train_set = train_full
+        selection = load_dataset(data.dataset, data.root, data.val_split)
+    elif data.val_fraction > 0:
+        train_set, selection = carve_validation(train_full, data.val_fraction, runtime.seed)
+    else:
+        train_set, selection = train_full, None
+        logger.warning("no validation data (data.val_fraction=0, no data.val_split): best.pt is the last epoch")
+    logger.info("data: %s %s, %d training faces, %s", data.dataset, data.root, len(train_set),
+                f"{len(selection)} selection faces ({selection.split})" if selection is not None else "no validation")
+    return _Data(train_set, selection, train_set.layout)
+
+
+def _model_spec(config: TrainConfig, recipe: _Recipe, data: _Data, state: dict | None, logger: logging.Logger) -> dict:
+    """What rebuilds the model: the checkpoint's (resume), or a new one whose statistics come from
+    the training part only."""
+    if state is not None:
+        differences = _config_differences(state["config"], config_to_dict(config))
+        if differences:
+            logger.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(differences))
+        return state["model_spec"]
+    shapes = training_shapes(data.train_set, recipe.crop)
+    statistics = compute_method_statistics(recipe.method, shapes, data.layout, config.model.options)
+    return {
+        "method": config.model.method,
+        "backbone": config.model.backbone,
+        "options": dict(config.model.options),
+        "layout": data.layout.to_dict(),
+        "statistics": {key: np.asarray(value) for key, value in statistics.items()},
+        "crop": recipe.crop.to_dict(),
+        "image_size": recipe.crop.size,
+    }
+
+
+def _build_model(config: TrainConfig, recipe: _Recipe, data: _Data, spec: dict, fresh: bool,
+                 methods: Mapping[str, Method], context, logger: logging.Logger) -> tuple[nn.Module, nn.Module, object]:
+    """The model (pretrained backbone on a fresh run), its loss, and the module that trains
+    (DistributedDataParallel around the model when there are several processes)."""
+    runtime = config.runtime
+    model = build_model_from_spec(spec, methods)
+    if config.model.pretrained and fresh:
+        logger.info("%s", load_pretrained_backbone(model, config.model.pretrained))
+    model.to(context.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)  # the 4-d (convolution) weights
+    loss_function = recipe.method.build_loss(data.layout, spec["statistics"], recipe.crop.size, **config.loss.options)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    logger.info("model: %s on %s, %.2f M parameters, device %s, %d process(es)", config.model.method,
+                config.model.backbone, num_parameters / 1e6, context.device, context.world_size)
+
+    train_model: nn.Module = model
+    if context.distributed:
+        if runtime.sync_bn:
+            if context.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                logger.warning("runtime.sync_bn ignored: SyncBatchNorm needs CUDA devices")
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+    return model, train_model, loss_function
+
+
+def _build_optimisation(config: TrainConfig, model: nn.Module, context, logger: logging.Logger):
+    optimizer = build_optimizer(model.parameters(), config)
+    use_amp = config.runtime.amp and context.device.type == "cuda"
+    if config.runtime.amp and not use_amp:
+        logger.info("runtime.amp: mixed precision is used on CUDA only; training in float32 on %s", context.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    return optimizer, scaler, use_amp
+
+
+def _restore(run: _Run, state: dict | None) -> _Progress:
+    """Weights, optimiser, scaler, RNG states and the metrics rows of a resumed run (the schedule
+    is restored by :func:`_build_schedule`, once the loader's length is known)."""
+    if state is None:
+        return _Progress()
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    progress = _Progress(int(state["epoch"]), int(state["global_step"]), state.get("best_metric"),
+                         state.get("best_epoch"))
+    rng_states = state["rng"]
+    if len(rng_states) == run.context.world_size:
+        restore_rng_state(rng_states[run.context.rank])
+    else:
+        run.logger.warning("checkpoint was written by %d process(es), this run has %d: RNG states are not "
+                           "restored, so the continuation is not bit-identical", len(rng_states),
+                           run.context.world_size)
+    progress.csv_rows = _read_csv_rows(run.recipe.output_dir / "metrics.csv", progress.start_epoch)
+    run.logger.info("resumed from %s: %d epoch(s) done, step %d", run.recipe.last_path, progress.start_epoch,
+                    progress.global_step)
+    return progress
+
+
+def _build_loader(run: _Run) -> None:
+    """The training loader: one seeded ``DistributedSampler`` shuffle per epoch for one and many
+    processes; PDB balancing (``data.balancing=pdb``) repeats faces of rare poses."""
+    from facemark.data.balancing import pdb_indices
+
+    config, context, data = run.config, run.context, run.config.data
+    records = run.data.train_set.records
+    if data.balancing == "pdb":
+        indices = pdb_indices(training_shapes(run.data.train_set, run.recipe.crop).crop, data.balancing_bins)
+        records = [records[i] for i in indices]
+        run.logger.info("pose-based data balancing: %d faces per epoch from %d", len(records), len(run.data.train_set))
+    run.train_data = CropDataset(records, run.data.layout, run.recipe.crop, run.recipe.augmentation,
+                                 seed=config.runtime.seed)
+    if config.optim.batch_size % context.world_size:
+        raise ConfigError(f"config key 'optim.batch_size' ({config.optim.batch_size}) is the global batch; it must be "
+                          f"divisible by the number of processes ({context.world_size})")
+    batch_size = config.optim.batch_size // context.world_size
+    run.sampler = torch.utils.data.DistributedSampler(run.train_data, num_replicas=context.world_size,
+                                                      rank=context.rank, shuffle=True, seed=config.runtime.seed,
+                                                      drop_last=True)
+    if len(run.sampler) < batch_size:
+        raise ConfigError(f"the training split gives {len(run.sampler)} faces per process, fewer than one batch of "
+                          f"{batch_size}: lower optim.batch_size")
+    run.loader = torch.utils.data.DataLoader(
+        run.train_data, batch_size=batch_size, sampler=run.sampler, num_workers=data.workers, drop_last=True,
+        worker_init_fn=worker_init, pin_memory=context.device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.runtime.seed),  # loaders never draw from the global RNG
+    )
+
+
+def _build_schedule(run: _Run, state: dict | None) -> None:
+    run.scheduler = build_scheduler(run.optimizer, run.config, len(run.loader))
+    if state is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+
+
+def _train_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int) -> dict:
+    """One pass over the loader; returns the epoch's mean loss, last lr, images and seconds."""
+    from tqdm.auto import tqdm
+
+    config, context, runtime = run.config, run.context, run.config.runtime
+    image_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+    step_per_batch = scheduler_steps_per_batch(config)
+    steps_per_epoch = len(run.loader)
+    run.sampler.set_epoch(epoch)
+    run.train_data.set_epoch(epoch)
+    run.train_model.train()
+    epoch_start = time.perf_counter()
+    loss_sum, loss_count, images_seen = 0.0, 0, 0
+    lr = run.optimizer.param_groups[0]["lr"]
+    bar = tqdm(run.loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+               disable=not (runtime.progress and context.is_main), dynamic_ncols=True, leave=False)
+    for step, batch in enumerate(bar):
+        images = batch["image"].to(context.device, non_blocking=True, memory_format=image_format)
+        targets = batch["target"].to(context.device, non_blocking=True)
+        with torch.autocast(device_type=context.device.type, dtype=torch.float16, enabled=run.use_amp):
+            output = run.train_model(images)
+            loss = run.loss_function(output, targets)
+        loss_value = float(loss.detach())
+        if broadcast_flag(not math.isfinite(loss_value), context):
+            _stop_diverged(run, loss_value, epoch, step, steps_per_epoch, progress.global_step)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if config.optim.grad_clip_norm is not None:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.model.parameters(), config.optim.grad_clip_norm)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        lr = run.optimizer.param_groups[0]["lr"]  # the rate this step used
+        if step_per_batch:
+            run.scheduler.step()
+        progress.global_step += 1
+        loss_sum += loss_value
+        loss_count += 1
+        images_seen += images.shape[0] * context.world_size
+        elapsed = time.perf_counter() - epoch_start
+        rate = images_seen / max(elapsed, 1e-9)
+        remaining_steps = (steps_per_epoch - step - 1) + (epochs - epoch - 1) * steps_per_epoch
+        bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}",
+                        eta=_format_seconds(remaining_steps * elapsed / (step + 1)), refresh=False)
+        if progress.global_step % runtime.log_interval == 0:
+            run.logger.debug("epoch %d step %d/%d loss %.6f lr %.3e %.1f img/s", epoch + 1, step + 1,
+                             steps_per_epoch, loss_value, lr, rate)
+            if run.writer is not None:
+                run.writer.add_scalar("train/loss", loss_value, progress.global_step)
+                run.writer.add_scalar("train/lr", lr, progress.global_step)
+    bar.close()
+    if not step_per_batch:
+        run.scheduler.step()
+    return {"train_loss": loss_sum / max(loss_count, 1), "lr": lr, "images": images_seen,
+            "seconds": time.perf_counter() - epoch_start}
+
+
+def _stop_diverged(run: _Run, loss_value: float, epoch: int, step: int, steps_per_epoch: int, global_step: int):
+    where = f"epoch {epoch + 1}, step {step + 1} of {steps_per_epoch} (global step {global_step + 1})"
+    last_path = run.recipe.last_path
+    kept = f"{last_path} (after epoch {epoch})" if last_path.is_file() else "none (no epoch finished)"
+    message = (f"the training loss is {loss_value} at {where}; training stopped. "
+               f"Last good checkpoint: {kept}. Try a lower optim.lr, optim.grad_clip_norm, or "
+               "runtime.amp=false, then continue with --resume.")
+    run.logger.error("%s", message)
+    raise TrainingDiverged(message)
+
+
+def _validate(run: _Run, epoch: int, epochs: int) -> float | None:
+    """The selection NME (inter-ocular, original images; rank 0) when this epoch is validated."""
+    from facemark.metrics import nme
+
+    runtime, selection = run.config.runtime, run.data.selection
+    validate = selection is not None and ((epoch + 1) % runtime.eval_interval == 0 or epoch + 1 == epochs)
+    if not (run.context.is_main and validate):
+        return None
+    predictions = predict_landmarks(run.model, selection.records, run.data.layout, run.recipe.crop, run.context.device,
+                                    batch_size=runtime.eval_batch_size, workers=run.config.data.workers,
+                                    progress=runtime.progress, description="validate")
+    return float(nme(predictions, selection.landmarks(), run.data.layout, "inter_ocular").mean())
+
+
+def _end_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int, trained: dict, val_nme: float | None,
+               average_seconds) -> None:
+    """Update the best epoch, then (rank 0) write metrics.csv, TensorBoard, last.pt / best.pt and
+    the epoch's log line. ``average_seconds()``: the mean epoch time so far (for the ETA)."""
+    context, config = run.context, run.config
+    improved = False
+    if run.data.selection is None:
+        improved = True  # no selection data: "best" is the latest epoch
+    elif val_nme is not None and (progress.best_metric is None or val_nme < progress.best_metric):
+        improved = True
+    if improved and val_nme is not None:
+        progress.best_metric, progress.best_epoch = val_nme, epoch + 1
+    elif improved:
+        progress.best_epoch = epoch + 1
+    # Every rank's RNG state, so a resumed multi-process run continues exactly too.
+    rng_states = [capture_rng_state()]
+    if context.distributed:
+        gathered: list = [None] * context.world_size
+        torch.distributed.all_gather_object(gathered, rng_states[0])
+        rng_states = gathered
+    if not context.is_main:
+        return
+    rate = trained["images"] / max(trained["seconds"], 1e-9)
+    progress.csv_rows.append({
+        "epoch": epoch + 1, "global_step": progress.global_step, "lr": trained["lr"],
+        "train_loss": trained["train_loss"], "val_nme": "" if val_nme is None else val_nme,
+        "best_val_nme": "" if progress.best_metric is None else progress.best_metric,
+        "epoch_seconds": round(trained["seconds"], 3), "images_per_second": round(rate, 2),
+    })
+    _write_csv(run.recipe.output_dir / "metrics.csv", progress.csv_rows)
+    if run.writer is not None:
+        run.writer.add_scalar("epoch/train_loss", trained["train_loss"], epoch + 1)
+        if val_nme is not None:
+            run.writer.add_scalar("epoch/val_nme", val_nme, epoch + 1)
+        run.writer.flush()
+    checkpoint = {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.use_amp else None,
+        "rng": rng_states,
+        "epoch": epoch + 1,
+        "global_step": progress.global_step,
+        "best_metric": progress.best_metric,
+        "best_epoch": progress.best_epoch,
+        "config": config_to_dict(config),
+        "model_spec": run.spec,
+    }
+    save_checkpoint(checkpoint, run.recipe.last_path)
+    if improved:
+        save_checkpoint(checkpoint, run.recipe.best_path)
+    run.logger.info(
+        "epoch %d/%d: loss %.5f, lr %.2e, %s%.1f img/s, %s/epoch, ETA %s%s", epoch + 1, epochs, trained["train_loss"],
+        trained["lr"], "" if val_nme is None else f"val NME {100 * val_nme:.3f}%, ", rate,
+        _format_seconds(trained["seconds"]), _format_seconds(average_seconds() * (epochs - epoch - 1)),
+        " (best)" if improved and val_nme is not None else "")
+
+
+def _run_epochs(run: _Run, progress: _Progress) -> int:
+    """Train from ``progress.start_epoch`` to the plan's end (``optim.epochs``, or fewer under
+    ``optim.time_budget_minutes``); returns the number of epochs of the plan."""
+    config = run.config
+    epochs = config.optim.epochs
+    run_start, epochs_timed = time.perf_counter(), 0
+    for epoch in range(progress.start_epoch, config.optim.epochs):
+        if epoch >= epochs:  # the time budget cut the plan short (below); it never exceeds optim.epochs
+            break
+        trained = _train_epoch(run, progress, epoch, epochs)
+        val_nme = _validate(run, epoch, epochs)
+        if run.context.is_main:
+            epochs_timed += 1
+        _end_epoch(run, progress, epoch, epochs, trained, val_nme,
+                   lambda: (time.perf_counter() - run_start) / epochs_timed)
+        if config.optim.time_budget_minutes is not None and epoch + 1 < config.optim.epochs:
+            epochs = _fit_time_budget(config, epoch + 1, epochs, time.perf_counter() - run_start,
+                                      epoch + 1 - progress.start_epoch, run.scheduler, run.context, run.logger)
+        if run.context.distributed:
+            torch.distributed.barrier()
+    return epochs
+
+
 # -- the run -------------------------------------------------------------------------------------
 def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Method] | None = None) -> TrainResult:
     """Train ``config``; ``resume=True`` continues from ``<runtime.output_dir>/last.pt``.
@@ -256,307 +659,47 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
     ``methods`` maps ``model.method`` names to adapters (default :data:`METHODS`). Works as a
     single process or under ``torchrun`` (see :mod:`facemark.engine.distributed`).
     """
-    from facemark.data import load_dataset
-    from facemark.data.balancing import pdb_indices
-    from facemark.data.transforms import CropConvention
-    from facemark.metrics import nme
-
     methods = METHODS if methods is None else methods
-    method = get_method(config.model.method, methods)
-    check_method_options(method, config.model.options, config.loss.options)
-    augmentation = _augmentation(config)
-    crop = CropConvention(**config.data.crop.__dict__)
-    runtime = config.runtime
-
-    output_dir = Path(runtime.output_dir)
-    last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
-    if resume and not last_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint {last_path} to resume from (runtime.output_dir={output_dir})")
-    if not resume and last_path.is_file():
-        raise FileExistsError(f"{output_dir} already holds a run ({last_path}); pass --resume to continue it "
-                              "or choose another runtime.output_dir")
-
-    if runtime.deterministic:
-        # Needed by cuBLAS for deterministic matmuls; must be set before the first CUDA call.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    context = init_distributed(runtime.device)
-    if context.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    if context.distributed:
-        torch.distributed.barrier()
-    logger, handlers = _open_logger(output_dir, context.is_main)
-    writer = None
+    recipe = _check_recipe(config, methods, resume)
+    context = _start_processes(config, recipe.output_dir)
+    logger, handlers = _open_logger(recipe.output_dir, context.is_main)
+    run: _Run | None = None
     # Process-wide switches changed below, restored when the run ends.
     previous_switches = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
     try:
-        if runtime.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif context.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        seed_everything(runtime.seed)
-
-        # -- data ---------------------------------------------------------------------------
-        data = config.data
-        train_full = load_dataset(data.dataset, data.root, data.train_split)
-        if runtime.select_on == "test":
-            train_set = train_full
-            selection = load_dataset(data.dataset, data.root, data.test_split)
-            logger.warning(
-                "runtime.select_on=test: the best epoch is chosen on the TEST split %r, as the SLPT and SDFL "
-                "authors did. Test numbers of best.pt are then optimistic, not a held-out estimate; use "
-                "runtime.select_on=val for an unbiased result.", data.test_split)
-        elif data.val_split is not None:
-            train_set = train_full
-            selection = load_dataset(data.dataset, data.root, data.val_split)
-        elif data.val_fraction > 0:
-            train_set, selection = carve_validation(train_full, data.val_fraction, runtime.seed)
-        else:
-            train_set, selection = train_full, None
-            logger.warning("no validation data (data.val_fraction=0, no data.val_split): best.pt is the last epoch")
-        layout = train_set.layout
-        logger.info("data: %s %s, %d training faces, %s", data.dataset, data.root, len(train_set),
-                    f"{len(selection)} selection faces ({selection.split})" if selection is not None else "no validation")
-
-        # -- model (statistics from the training part only) -----------------------------------
-        state = load_checkpoint(last_path) if resume else None
-        if state is not None:
-            spec = state["model_spec"]
-            differences = _config_differences(state["config"], config_to_dict(config))
-            if differences:
-                logger.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(differences))
-        else:
-            shapes = training_shapes(train_set, crop)
-            statistics = compute_method_statistics(method, shapes, layout, config.model.options)
-            spec = {
-                "method": config.model.method,
-                "backbone": config.model.backbone,
-                "options": dict(config.model.options),
-                "layout": layout.to_dict(),
-                "statistics": {key: np.asarray(value) for key, value in statistics.items()},
-                "crop": crop.to_dict(),
-                "image_size": crop.size,
-            }
-        model = build_model_from_spec(spec, methods)
-        if config.model.pretrained and state is None:
-            logger.info("%s", load_pretrained_backbone(model, config.model.pretrained))
-        model.to(context.device)
-        image_format = torch.channels_last if runtime.channels_last else torch.preserve_format
-        if runtime.channels_last:
-            model.to(memory_format=torch.channels_last)  # the 4-d (convolution) weights
-        loss_function = method.build_loss(layout, spec["statistics"], crop.size, **config.loss.options)
-        num_parameters = sum(p.numel() for p in model.parameters())
-        logger.info("model: %s on %s, %.2f M parameters, device %s, %d process(es)", config.model.method,
-                    config.model.backbone, num_parameters / 1e6, context.device, context.world_size)
-
-        train_model: nn.Module = model
-        if context.distributed:
-            if runtime.sync_bn:
-                if context.device.type == "cuda":
-                    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-                else:
-                    logger.warning("runtime.sync_bn ignored: SyncBatchNorm needs CUDA devices")
-            train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+        _set_kernel_switches(config, context)
+        seed_everything(config.runtime.seed)
+        data = _load_data(config, logger)
+        state = load_checkpoint(recipe.last_path) if resume else None
+        spec = _model_spec(config, recipe, data, state, logger)
+        model, train_model, loss_function = _build_model(config, recipe, data, spec, state is None, methods, context,
+                                                         logger)
         # Different dropout masks on each rank (the weights are kept equal by DDP).
-        torch.manual_seed(runtime.seed + context.rank)
-
-        optimizer = build_optimizer(model.parameters(), config)
-        use_amp = runtime.amp and context.device.type == "cuda"
-        if runtime.amp and not use_amp:
-            logger.info("runtime.amp: mixed precision is used on CUDA only; training in float32 on %s", context.device)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-        start_epoch, global_step = 0, 0
-        best_metric: float | None = None
-        best_epoch: int | None = None
-        csv_rows: list[dict] = []
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
-            best_metric, best_epoch = state.get("best_metric"), state.get("best_epoch")
-            rng_states = state["rng"]
-            if len(rng_states) == context.world_size:
-                restore_rng_state(rng_states[context.rank])
-            else:
-                logger.warning("checkpoint was written by %d process(es), this run has %d: RNG states are not "
-                               "restored, so the continuation is not bit-identical", len(rng_states), context.world_size)
-            csv_rows = _read_csv_rows(output_dir / "metrics.csv", start_epoch)
-            logger.info("resumed from %s: %d epoch(s) done, step %d", last_path, start_epoch, global_step)
+        torch.manual_seed(config.runtime.seed + context.rank)
+        optimizer, scaler, use_amp = _build_optimisation(config, model, context, logger)
+        run = _Run(config, recipe, data, context, logger, spec, model, train_model, loss_function, optimizer, scaler,
+                   use_amp)
+        progress = _restore(run, state)
         if context.is_main:
-            save_config(config, output_dir / "config.yaml")
-            _write_csv(output_dir / "metrics.csv", csv_rows)
-        writer = _open_tensorboard(output_dir, runtime.tensorboard and context.is_main, logger)
+            save_config(config, recipe.output_dir / "config.yaml")
+            _write_csv(recipe.output_dir / "metrics.csv", progress.csv_rows)
+        run.writer = _open_tensorboard(recipe.output_dir, config.runtime.tensorboard and context.is_main, logger)
+        _build_loader(run)
+        _build_schedule(run, state)
+        del state
 
-        # -- loaders ----------------------------------------------------------------------------
-        records = train_set.records
-        if data.balancing == "pdb":
-            indices = pdb_indices(training_shapes(train_set, crop).crop, data.balancing_bins)
-            records = [records[i] for i in indices]
-            logger.info("pose-based data balancing: %d faces per epoch from %d", len(records), len(train_set))
-        train_data = CropDataset(records, layout, crop, augmentation, seed=runtime.seed)
-        if config.optim.batch_size % context.world_size:
-            raise ConfigError(f"config key 'optim.batch_size' ({config.optim.batch_size}) is the global batch; it must be "
-                              f"divisible by the number of processes ({context.world_size})")
-        batch_size = config.optim.batch_size // context.world_size
-        # One sampler for one and many processes: a seeded shuffle per epoch (set_epoch).
-        sampler = torch.utils.data.DistributedSampler(train_data, num_replicas=context.world_size, rank=context.rank,
-                                                      shuffle=True, seed=runtime.seed, drop_last=True)
-        if len(sampler) < batch_size:
-            raise ConfigError(f"the training split gives {len(sampler)} faces per process, fewer than one batch of "
-                              f"{batch_size}: lower optim.batch_size")
-        loader = torch.utils.data.DataLoader(
-            train_data, batch_size=batch_size, sampler=sampler, num_workers=data.workers, drop_last=True,
-            worker_init_fn=worker_init, pin_memory=context.device.type == "cuda",
-            generator=torch.Generator().manual_seed(runtime.seed),  # loaders never draw from the global RNG
-        )
-        steps_per_epoch = len(loader)
-        scheduler = build_scheduler(optimizer, config, steps_per_epoch)
-        step_scheduler_per_batch = scheduler_steps_per_batch(config)
-        if state is not None:
-            scheduler.load_state_dict(state["scheduler"])
-            del state
+        epochs = _run_epochs(run, progress)
 
-        # -- epochs -----------------------------------------------------------------------------
-        from tqdm.auto import tqdm
-
-        epochs = config.optim.epochs
-        run_start, epochs_timed = time.perf_counter(), 0
-        for epoch in range(start_epoch, config.optim.epochs):
-            if epoch >= epochs:  # the time budget cut the plan short (below); it never exceeds optim.epochs
-                break
-            sampler.set_epoch(epoch)
-            train_data.set_epoch(epoch)
-            train_model.train()
-            epoch_start = time.perf_counter()
-            loss_sum, loss_count, images_seen = 0.0, 0, 0
-            lr = optimizer.param_groups[0]["lr"]
-            bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-                       disable=not (runtime.progress and context.is_main), dynamic_ncols=True, leave=False)
-            for step, batch in enumerate(bar):
-                images = batch["image"].to(context.device, non_blocking=True, memory_format=image_format)
-                targets = batch["target"].to(context.device, non_blocking=True)
-                with torch.autocast(device_type=context.device.type, dtype=torch.float16, enabled=use_amp):
-                    output = train_model(images)
-                    loss = loss_function(output, targets)
-                loss_value = float(loss.detach())
-                if broadcast_flag(not math.isfinite(loss_value), context):
-                    where = f"epoch {epoch + 1}, step {step + 1} of {steps_per_epoch} (global step {global_step + 1})"
-                    kept = f"{last_path} (after epoch {epoch})" if last_path.is_file() else "none (no epoch finished)"
-                    message = (f"the training loss is {loss_value} at {where}; training stopped. "
-                               f"Last good checkpoint: {kept}. Try a lower optim.lr, optim.grad_clip_norm, or "
-                               "runtime.amp=false, then continue with --resume.")
-                    logger.error("%s", message)
-                    raise TrainingDiverged(message)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.optim.grad_clip_norm is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-                if step_scheduler_per_batch:
-                    scheduler.step()
-                global_step += 1
-                loss_sum += loss_value
-                loss_count += 1
-                images_seen += images.shape[0] * context.world_size
-                elapsed = time.perf_counter() - epoch_start
-                rate = images_seen / max(elapsed, 1e-9)
-                remaining_steps = (steps_per_epoch - step - 1) + (epochs - epoch - 1) * steps_per_epoch
-                bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}",
-                                eta=_format_seconds(remaining_steps * elapsed / (step + 1)), refresh=False)
-                if global_step % runtime.log_interval == 0:
-                    logger.debug("epoch %d step %d/%d loss %.6f lr %.3e %.1f img/s", epoch + 1, step + 1,
-                                 steps_per_epoch, loss_value, lr, rate)
-                    if writer is not None:
-                        writer.add_scalar("train/loss", loss_value, global_step)
-                        writer.add_scalar("train/lr", lr, global_step)
-            bar.close()
-            if not step_scheduler_per_batch:
-                scheduler.step()
-            epoch_seconds = time.perf_counter() - epoch_start
-            train_loss = loss_sum / max(loss_count, 1)
-
-            # -- validation and checkpoints (rank 0) --------------------------------------------
-            validate = selection is not None and ((epoch + 1) % runtime.eval_interval == 0 or epoch + 1 == epochs)
-            val_nme = None
-            if context.is_main and validate:
-                predictions = predict_landmarks(model, selection.records, layout, crop, context.device,
-                                                batch_size=runtime.eval_batch_size, workers=data.workers,
-                                                progress=runtime.progress, description="validate")
-                val_nme = float(nme(predictions, selection.landmarks(), layout, "inter_ocular").mean())
-            improved = False
-            if selection is None:
-                improved = True  # no selection data: "best" is the latest epoch
-            elif val_nme is not None and (best_metric is None or val_nme < best_metric):
-                improved = True
-            if improved and val_nme is not None:
-                best_metric, best_epoch = val_nme, epoch + 1
-            elif improved:
-                best_epoch = epoch + 1
-            # Every rank's RNG state, so a resumed multi-process run continues exactly too.
-            rng_states = [capture_rng_state()]
-            if context.distributed:
-                gathered: list = [None] * context.world_size
-                torch.distributed.all_gather_object(gathered, rng_states[0])
-                rng_states = gathered
-            if context.is_main:
-                epochs_timed += 1
-                rate = images_seen / max(epoch_seconds, 1e-9)
-                csv_rows.append({
-                    "epoch": epoch + 1, "global_step": global_step, "lr": lr, "train_loss": train_loss,
-                    "val_nme": "" if val_nme is None else val_nme,
-                    "best_val_nme": "" if best_metric is None else best_metric,
-                    "epoch_seconds": round(epoch_seconds, 3), "images_per_second": round(rate, 2),
-                })
-                _write_csv(output_dir / "metrics.csv", csv_rows)
-                if writer is not None:
-                    writer.add_scalar("epoch/train_loss", train_loss, epoch + 1)
-                    if val_nme is not None:
-                        writer.add_scalar("epoch/val_nme", val_nme, epoch + 1)
-                    writer.flush()
-                checkpoint = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if use_amp else None,
-                    "rng": rng_states,
-                    "epoch": epoch + 1,
-                    "global_step": global_step,
-                    "best_metric": best_metric,
-                    "best_epoch": best_epoch,
-                    "config": config_to_dict(config),
-                    "model_spec": spec,
-                }
-                save_checkpoint(checkpoint, last_path)
-                if improved:
-                    save_checkpoint(checkpoint, best_path)
-                average = (time.perf_counter() - run_start) / epochs_timed
-                logger.info(
-                    "epoch %d/%d: loss %.5f, lr %.2e, %s%.1f img/s, %s/epoch, ETA %s%s", epoch + 1, epochs, train_loss,
-                    lr, "" if val_nme is None else f"val NME {100 * val_nme:.3f}%, ", rate, _format_seconds(epoch_seconds),
-                    _format_seconds(average * (epochs - epoch - 1)), " (best)" if improved and val_nme is not None else "")
-            if config.optim.time_budget_minutes is not None and epoch + 1 < config.optim.epochs:
-                epochs = _fit_time_budget(config, epoch + 1, epochs, time.perf_counter() - run_start,
-                                          epoch + 1 - start_epoch, scheduler, context, logger)
-            if context.distributed:
-                torch.distributed.barrier()
-
+        best_path, best_metric = recipe.best_path, progress.best_metric
         if context.is_main:
-            logger.info("done: %s%s", last_path, f"; best {best_path} (epoch {best_epoch}, val NME "
+            logger.info("done: %s%s", recipe.last_path, f"; best {best_path} (epoch {progress.best_epoch}, val NME "
                         f"{100 * best_metric:.3f}%)" if best_metric is not None else "")
-        return TrainResult(output_dir, last_path, best_path if best_path.is_file() else None, best_metric, best_epoch,
-                           epochs, model)
+        return TrainResult(recipe.output_dir, recipe.last_path, best_path if best_path.is_file() else None,
+                           best_metric, progress.best_epoch, epochs, model)
     finally:
         torch.use_deterministic_algorithms(previous_switches[0])
         torch.backends.cudnn.benchmark = previous_switches[1]
-        if writer is not None:
-            writer.close()
+        if run is not None and run.writer is not None:
+            run.writer.close()
         _close_logger(logger, handlers)
         cleanup_distributed(context)
-
