@@ -82,3 +82,28 @@ def test_load_model_rebuilds_from_the_file_alone(tmp_path):
     save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match="do not fit"):
         load_model(tmp_path / "broken.pt", methods=TINY_METHODS)
+
+
+def test_interrupted_writes_are_cleaned_and_a_damaged_last_checkpoint_names_the_way_out(tmp_path):
+    root = make_wflw_fixture(tmp_path / "wflw", num_train=6, num_test=2)
+    run = tmp_path / "run"
+    train(tiny_config(root, run, "optim.epochs=1"), methods=TINY_METHODS)
+    # What a write killed between mkstemp and os.replace leaves behind.
+    stale = [run / ".last.pt.k3x9q.tmp", run / ".best.pt.a1b2c3.tmp"]
+    for path in stale:
+        path.write_bytes(b"\0" * 1000)
+    # A truncated last.pt (disk full, a copy cut short).
+    last = run / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+
+    config = tiny_config(root, run, "optim.epochs=2")
+    with pytest.raises(ValueError) as caught:
+        train(config, resume=True, methods=TINY_METHODS)
+    message = str(caught.value)
+    assert "last.pt could not be read" in message
+    assert f"{run / 'best.pt'} (after epoch 1)" in message and f"--resume-from {run / 'best.pt'}" in message
+    assert not any(path.exists() for path in stale)
+    assert "left by a checkpoint write that was interrupted" in (run / "train.log").read_text()
+
+    result = train(config, resume_from=run / "best.pt", methods=TINY_METHODS)
+    assert load_checkpoint(result.last_checkpoint)["epoch"] == 2

@@ -53,6 +53,8 @@ __all__ = [
     "from_plain",
     "save_checkpoint",
     "load_checkpoint",
+    "remove_stale_temporaries",
+    "read_resume_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
     "LoadedModel",
@@ -155,6 +157,54 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} has version {state.get('version')!r}; this facemark reads "
                               f"{', '.join(map(str, _READABLE_VERSIONS))}")
     return from_plain(state)
+
+
+def _temporary_pattern(name: str) -> str:
+    return f".{name}.*.tmp"  # what save_checkpoint's mkstemp creates for ``name``
+
+
+def remove_stale_temporaries(directory: str | Path, names: tuple[str, ...] = ("last.pt", "best.pt")) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that were killed before their rename.
+
+    ``save_checkpoint`` writes ``.<name>.<random>.tmp`` beside the target; a process killed
+    mid-write (SIGKILL, power loss) leaves it behind, up to the size of a checkpoint. Call this
+    when a run starts in ``directory`` (before anything writes there); returns what was removed.
+    """
+    removed = []
+    for name in names:
+        for temporary in sorted(Path(directory).glob(_temporary_pattern(name))):
+            if temporary.is_file():
+                temporary.unlink()
+                removed.append(temporary)
+    return removed
+
+
+def _describe_checkpoint(path: Path) -> str:
+    try:
+        state = load_checkpoint(path)
+    except (OSError, ValueError) as error:
+        return f"{path} (unreadable too: {str(error).split(': ', 1)[-1][:80]})"
+    return f"{path} (after epoch {state.get('epoch')})"
+
+
+def read_resume_checkpoint(output_dir: str | Path, resume_from: str | Path | None = None) -> tuple[dict, Path]:
+    """The checkpoint a resumed run continues from: ``resume_from`` or ``<output_dir>/last.pt``.
+
+    When it is missing or unreadable (a truncated ``last.pt``: a disk filled up, a copy cut
+    short), the error lists the other checkpoints of the run (``best.pt``...) with their epochs
+    and says how to continue from one of them (``--resume-from FILE``).
+    """
+    output_dir = Path(output_dir)
+    path = Path(resume_from) if resume_from is not None else output_dir / "last.pt"
+    try:
+        return load_checkpoint(path), path
+    except (FileNotFoundError, WeightsFileError) as error:
+        others = [candidate for candidate in sorted(output_dir.glob("*.pt")) if candidate.resolve() != path.resolve()]
+        if not others:
+            raise
+        listing = "; ".join(_describe_checkpoint(candidate) for candidate in others)
+        raise type(error)(f"{error}. Other checkpoints of this run: {listing}. To continue from one of them: "
+                          f"facemark train CONFIG [the same overrides] --resume-from {others[0]}") from None
 
 
 # -- random number generators --------------------------------------------------------------------

@@ -27,6 +27,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.N
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in runtime.output_dir from its last.pt (weights, optimiser, "
                              "schedule, RNG states and data order restored: the result equals an uninterrupted run)")
+    parser.add_argument("--resume-from", default=None, metavar="FILE",
+                        help="continue the run in runtime.output_dir from this checkpoint instead of last.pt (e.g. "
+                             "its best.pt when last.pt is damaged); implies --resume")
     parser.add_argument("--select-on", choices=("val", "test"), default=None,
                         help="split that picks best.pt: 'val' (default: a held-out part of the training set) or "
                              "'test' (the SLPT/SDFL authors' practice; logged as a warning, test numbers become "
@@ -59,7 +62,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.N
                 check_method_options(get_method(config.model.method, METHODS), config.model.options, config.loss.options)
                 print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
                 return 0
-            result = train(config, resume=args.resume)
+            result = train(config, resume=args.resume, resume_from=args.resume_from)
         except (ConfigError, FileNotFoundError, FileExistsError, TrainingDiverged, ValueError) as error:
             raise CommandError(str(error)) from None
         if result.best_checkpoint is not None:

@@ -36,7 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from facemark.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from facemark.engine.checkpoint import (
+    capture_rng_state,
+    read_resume_checkpoint,
+    remove_stale_temporaries,
+    restore_rng_state,
+    save_checkpoint,
+)
 from facemark.engine.config import ConfigError, TrainConfig, check_options, config_to_dict, save_config
 from facemark.engine.data import CropDataset, carve_validation, training_shapes, worker_init
 from facemark.engine.distributed import agree_on_minimum, broadcast_flag, cleanup_distributed, init_distributed
@@ -303,9 +309,11 @@ class _Run:
     sampler: object = None
     loader: object = None
     writer: object = None
+    resumed_from: Path | None = None
 
 
-def _check_recipe(config: TrainConfig, methods: Mapping[str, Method], resume: bool) -> _Recipe:
+def _check_recipe(config: TrainConfig, methods: Mapping[str, Method], resume: bool,
+                  resume_from: str | Path | None = None) -> _Recipe:
     """Config errors and a wrong --resume / output folder are reported before anything starts."""
     from facemark.data.transforms import CropConvention
 
@@ -315,8 +323,13 @@ def _check_recipe(config: TrainConfig, methods: Mapping[str, Method], resume: bo
     crop = CropConvention(**config.data.crop.__dict__)
     output_dir = Path(config.runtime.output_dir)
     last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
-    if resume and not last_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint {last_path} to resume from (runtime.output_dir={output_dir})")
+    if resume_from is not None and not Path(resume_from).is_file():
+        raise FileNotFoundError(f"--resume-from: no checkpoint {resume_from}")
+    if resume and resume_from is None and not last_path.is_file():
+        others = sorted(output_dir.glob("*.pt"))
+        hint = f"; this folder holds {', '.join(p.name for p in others)}: continue with --resume-from FILE" if others else ""
+        raise FileNotFoundError(f"--resume: no checkpoint {last_path} to resume from (runtime.output_dir={output_dir})"
+                                + hint)
     if not resume and last_path.is_file():
         raise FileExistsError(f"{output_dir} already holds a run ({last_path}); pass --resume to continue it "
                               "or choose another runtime.output_dir")
@@ -448,7 +461,7 @@ def _restore(run: _Run, state: dict | None) -> _Progress:
                            "restored, so the continuation is not bit-identical", len(rng_states),
                            run.context.world_size)
     progress.csv_rows = _read_csv_rows(run.recipe.output_dir / "metrics.csv", progress.start_epoch)
-    run.logger.info("resumed from %s: %d epoch(s) done, step %d", run.recipe.last_path, progress.start_epoch,
+    run.logger.info("resumed from %s: %d epoch(s) done, step %d", run.resumed_from, progress.start_epoch,
                     progress.global_step)
     return progress
 
@@ -653,16 +666,24 @@ def _run_epochs(run: _Run, progress: _Progress) -> int:
 
 
 # -- the run -------------------------------------------------------------------------------------
-def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Method] | None = None) -> TrainResult:
-    """Train ``config``; ``resume=True`` continues from ``<runtime.output_dir>/last.pt``.
+def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Method] | None = None,
+          resume_from: str | Path | None = None) -> TrainResult:
+    """Train ``config``; ``resume=True`` continues from ``<runtime.output_dir>/last.pt``,
+    ``resume_from=FILE`` from another checkpoint of the run (e.g. ``best.pt`` when ``last.pt`` is
+    damaged); the run goes on writing into ``runtime.output_dir``.
 
     ``methods`` maps ``model.method`` names to adapters (default :data:`METHODS`). Works as a
     single process or under ``torchrun`` (see :mod:`facemark.engine.distributed`).
     """
     methods = METHODS if methods is None else methods
-    recipe = _check_recipe(config, methods, resume)
+    resume = resume or resume_from is not None
+    recipe = _check_recipe(config, methods, resume, resume_from)
     context = _start_processes(config, recipe.output_dir)
     logger, handlers = _open_logger(recipe.output_dir, context.is_main)
+    if context.is_main:
+        # Checkpoint writes killed before their rename leave temporary files (as large as a checkpoint).
+        for temporary in remove_stale_temporaries(recipe.output_dir):
+            logger.warning("removed %s, left by a checkpoint write that was interrupted", temporary)
     run: _Run | None = None
     # Process-wide switches changed below, restored when the run ends.
     previous_switches = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
@@ -670,7 +691,9 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         _set_kernel_switches(config, context)
         seed_everything(config.runtime.seed)
         data = _load_data(config, logger)
-        state = load_checkpoint(recipe.last_path) if resume else None
+        state = None
+        if resume:
+            state, resumed_from = read_resume_checkpoint(recipe.output_dir, resume_from)
         spec = _model_spec(config, recipe, data, state, logger)
         model, train_model, loss_function = _build_model(config, recipe, data, spec, state is None, methods, context,
                                                          logger)
@@ -679,6 +702,8 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         optimizer, scaler, use_amp = _build_optimisation(config, model, context, logger)
         run = _Run(config, recipe, data, context, logger, spec, model, train_model, loss_function, optimizer, scaler,
                    use_amp)
+        if state is not None:
+            run.resumed_from = resumed_from
         progress = _restore(run, state)
         if context.is_main:
             save_config(config, recipe.output_dir / "config.yaml")
