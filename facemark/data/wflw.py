@@ -80,7 +80,7 @@ def parse_wflw_annotations(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
     Blank lines are allowed (they hold no face); every other line must have 207 fields.
     """
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the text
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not a text file ({error})") from None
     lines = text.splitlines()

@@ -121,7 +121,7 @@ def load_predictions(path: str | Path) -> Predictions:
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
         raise ValueError(f"predictions file {path} is not valid JSON ({error})") from None
     if not isinstance(data, dict) or data.get("format") != PREDICTIONS_FORMAT:
