@@ -73,3 +73,67 @@ def test_bom_in_boxes_file(tmp_path, name, text):
     boxes = load_boxes(tmp_path / name)
     np.testing.assert_array_equal(np.asarray(boxes["photo.jpg"])[:, :4], [[1, 2, 30, 40]])
 
+
+
+# -- duplicate annotation lines; validation carved by image ---------------------------------------
+def _duplicate_lines(root: Path) -> Path:
+    """The fixture's training file with line 2 repeated as lines 7 and 8."""
+    from engine_fixtures import make_wflw_fixture
+
+    from facemark.data import wflw_annotation_path
+
+    make_wflw_fixture(root)
+    path = wflw_annotation_path(root, "train")
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + [lines[1], "  ".join(lines[1].split())]) + "\n")  # spacing does not matter
+    return path
+
+
+def test_duplicate_annotation_lines_are_warned_with_file_and_lines(tmp_path):
+    from facemark.data import DatasetWarning, load_dataset
+
+    path = _duplicate_lines(tmp_path)
+    with pytest.warns(DatasetWarning) as caught:
+        dataset = load_dataset("wflw", tmp_path, "train")
+    (warning,) = [w for w in caught if "duplicate" in str(w.message)]
+    message = str(warning.message)
+    assert str(path) in message and "2 duplicate annotation line(s)" in message
+    assert "line 7 repeats line 2" in message and "line 8 repeats line 2" in message
+    assert len(dataset) == 8  # read as released: each line is a face
+
+
+def test_duplicate_lines_warning_reaches_the_command_line(tmp_path, capsys):
+    from facemark.cli import main
+
+    path = _duplicate_lines(tmp_path)
+    # A predictions file for none of the faces: the command reads the data, then fails.
+    (tmp_path / "p.json").write_text('{"format": "facemark.predictions", "dataset": "wflw", "split": "train", '
+                                     '"layout": "wflw98", "box_source": "x", "model": "m", "predictions": {"a": [[0, 0]]}}')
+    with pytest.raises(SystemExit):
+        main(["score", str(tmp_path / "p.json"), "--data", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert f"facemark score: warning: {path}: 2 duplicate annotation line(s): line 7 repeats line 2" in err, err
+
+
+def test_validation_is_carved_by_image(tmp_path):
+    from facemark.data import FaceRecord, LandmarkDataset
+    from facemark.engine.data import carve_validation
+    from facemark.layouts import get_layout
+
+    layout = get_layout("wflw98")
+    # 30 images with 1 to 4 faces each (several faces, or repeated lines), 75 faces in all.
+    records = []
+    for image in range(30):
+        for face in range(1 + image % 4):
+            records.append(FaceRecord(f"img{image}.jpg#{len(records) + 1}", np.full((98, 2), float(face)), layout,
+                                      image_path=tmp_path / f"img{image}.jpg"))
+    dataset = LandmarkDataset("wflw", "train", tmp_path, layout, records)
+    for seed in range(5):
+        train_part, val_part = carve_validation(dataset, 0.2, seed)
+        train_images = {r.image_path for r in train_part}
+        val_images = {r.image_path for r in val_part}
+        assert not train_images & val_images  # no image on both sides
+        assert len(train_part) + len(val_part) == len(dataset)
+        assert 15 <= len(val_part) <= 15 + 3  # round(0.2 x 75) faces, plus the rest of the last image
+        again = carve_validation(dataset, 0.2, seed)[1]
+        assert [r.identifier for r in again] == [r.identifier for r in val_part]  # seeded

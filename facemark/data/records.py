@@ -9,7 +9,12 @@ import numpy as np
 
 from facemark.layouts import Layout
 
-__all__ = ["FaceRecord", "LandmarkDataset", "read_image_rgb"]
+__all__ = ["DatasetWarning", "FaceRecord", "LandmarkDataset", "read_image_rgb"]
+
+
+class DatasetWarning(UserWarning):
+    """Something in a dataset is suspicious but readable (a repeated annotation line, a face
+    outside its image): issued with :func:`warnings.warn`, naming the file and line."""
 
 
 def read_image_rgb(path: str | Path) -> np.ndarray:
