@@ -137,3 +137,103 @@ def test_validation_is_carved_by_image(tmp_path):
         assert 15 <= len(val_part) <= 15 + 3  # round(0.2 x 75) faces, plus the rest of the last image
         again = carve_validation(dataset, 0.2, seed)[1]
         assert [r.identifier for r in again] == [r.identifier for r in val_part]  # seeded
+
+
+# -- every image is checked before training and evaluation start ----------------------------------
+def _corrupt_two_images(root: Path) -> tuple[Path, Path]:
+    """The fixture with two unreadable training images: one not an image at all, one PNG cut
+    short after its header (OpenCV cannot decode either)."""
+    from engine_fixtures import make_wflw_fixture
+
+    make_wflw_fixture(root)
+    garbage = root / "WFLW_images" / "0--Fixture" / "train_1.png"
+    garbage.write_bytes(b"these bytes are no image")
+    truncated = root / "WFLW_images" / "0--Fixture" / "train_4.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    assert cv2.imread(str(truncated)) is None and cv2.imread(str(garbage)) is None
+    return garbage, truncated
+
+
+def test_read_image_size_from_headers(tmp_path):
+    from facemark.data.image_check import read_image_size
+
+    rgb = _photo_like(24, 32)
+    for name in ("a.png", "a.jpg", "a.bmp"):
+        assert cv2.imwrite(str(tmp_path / name), rgb)
+        assert read_image_size(tmp_path / name) == (32, 24)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "a.jpg").read_bytes()[:10])
+    (tmp_path / "cut.png").write_bytes((tmp_path / "a.png").read_bytes()[:60])
+    (tmp_path / "text.jpg").write_text("not an image")
+    for name, reason in [("empty.jpg", "empty"), ("cut.jpg", "ends inside"), ("cut.png", "cannot decode"),
+                         ("text.jpg", "not an image format"), ("missing.png", "cannot be read")]:
+        with pytest.raises(ValueError, match=f"{name}: .*{reason}"):
+            read_image_size(tmp_path / name)
+
+
+def test_unreadable_images_are_all_reported_before_training(tmp_path):
+    from engine_fixtures import TINY_METHODS, tiny_config
+
+    from facemark.engine.train import train
+
+    garbage, truncated = _corrupt_two_images(tmp_path / "data")
+    with pytest.raises(ValueError) as error:
+        train(tiny_config(tmp_path / "data", tmp_path / "run"), methods=TINY_METHODS)
+    message = str(error.value)
+    assert "2 of 6 image files of wflw/train" in message, message
+    assert str(garbage) in message and str(truncated) in message
+    assert "0--Fixture/train_1.png#2" in message  # the face (annotation line) using it
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_unreadable_images_are_one_error_on_the_command_line(tmp_path, capsys):
+    from facemark.cli import main
+
+    garbage, truncated = _corrupt_two_images(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(Path(__file__).resolve().parents[1] / "configs" / "slpt_hrnet_wflw.yaml"),
+              f"data.root={tmp_path / 'data'}", "data.workers=0", "runtime.device=cpu",
+              f"runtime.output_dir={tmp_path / 'run'}", "runtime.progress=false", "runtime.tensorboard=false"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "Traceback" not in err and "facemark train: error: 2 of" in err
+    assert str(garbage) in err and str(truncated) in err
+
+
+def test_evaluation_checks_images_first(tmp_path):
+    from facemark.data import load_dataset
+    from facemark.data.image_check import check_dataset_images
+
+    _corrupt_two_images(tmp_path)
+    with pytest.raises(ValueError, match="2 of 6 image files"):
+        check_dataset_images(load_dataset("wflw", tmp_path, "train"))
+    check_dataset_images(load_dataset("wflw", tmp_path, "test"))  # intact
+
+
+# -- faces outside their image, images too small to hold one -----------------------------------------
+def test_faces_outside_their_image_and_tiny_images_are_warned(tmp_path):
+    from engine_fixtures import make_wflw_fixture
+
+    from facemark.data import DatasetWarning, load_dataset, wflw_annotation_path
+    from facemark.data.image_check import check_dataset_images
+
+    make_wflw_fixture(tmp_path)  # 64 x 64 images
+    path = wflw_annotation_path(tmp_path, "test")
+    lines = path.read_text().splitlines()
+    fields = lines[1].split()
+    fields[:196] = [repr(float(v) + 500.0) for v in fields[:196]]  # the whole face 500 px to the right
+    lines[1] = " ".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    tiny = tmp_path / "WFLW_images" / lines[2].split()[-1]
+    assert cv2.imwrite(str(tiny), np.zeros((1, 1, 3), np.uint8))
+    dataset = load_dataset("wflw", tmp_path, "test")
+    with pytest.warns(DatasetWarning) as caught:
+        check_dataset_images(dataset)
+    messages = [str(w.message) for w in caught]
+    outside = [m for m in messages if "outside their image" in m]
+    small = [m for m in messages if "too small" in m]
+    # The moved face, and the face on the 1 x 1 image (its landmarks lie beyond the single pixel).
+    assert len(outside) == 1 and "2 face(s)" in outside[0], outside
+    assert "0--Fixture/test_1.png#2 (landmarks x 5" in outside[0] and "image 64 x 64" in outside[0]
+    assert "0--Fixture/test_2.png#3" in outside[0] and "image 1 x 1" in outside[0]
+    assert len(small) == 1 and f"{tiny} (1 x 1)" in small[0]

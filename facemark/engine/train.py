@@ -258,6 +258,7 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
     """
     from facemark.data import load_dataset
     from facemark.data.balancing import pdb_indices
+    from facemark.data.image_check import check_dataset_images
     from facemark.data.transforms import CropConvention
     from facemark.metrics import nme
 
@@ -314,6 +315,7 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         else:
             train_set, selection = train_full, None
             logger.warning("no validation data (data.val_fraction=0, no data.val_split): best.pt is the last epoch")
+        check_dataset_images(train_set, selection)  # every unreadable image at once, before the first epoch
         layout = train_set.layout
         logger.info("data: %s %s, %d training faces, %s", data.dataset, data.root, len(train_set),
                     f"{len(selection)} selection faces ({selection.split})" if selection is not None else "no validation")
