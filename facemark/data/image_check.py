@@ -83,11 +83,11 @@ def _png_size(file: BinaryIO, file_size: int) -> tuple[int, int] | None:
     return (width, height) if file.read(len(_PNG_END)) == _PNG_END else None
 
 
-def _decoded_size(path: Path) -> tuple[int, int]:
+def _decoded_size(path: Path, suspicion: str) -> tuple[int, int]:
     try:
         image = read_image_rgb(path)
     except (OSError, ValueError):
-        raise _Unreadable("OpenCV cannot decode it") from None
+        raise _Unreadable(f"OpenCV cannot decode it{suspicion}") from None
     return image.shape[1], image.shape[0]
 
 
@@ -107,16 +107,18 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
                 raise _Unreadable("the file is empty")
             start = file.read(8)
             size: tuple[int, int] | None
+            suspicion = ""
             if start[:3] == b"\xff\xd8\xff":
                 size = _jpeg_size(file)
             elif start == _PNG_SIGNATURE:
                 size = _png_size(file, file_size)
+                suspicion = " (a PNG without its end chunk: cut short?)"
             elif cv2.haveImageReader(str(path)):
                 size = None
             else:
                 raise _Unreadable("not an image format OpenCV can read")
         if size is None:
-            size = _decoded_size(path)
+            size = _decoded_size(path, suspicion)
         if min(size) < 1:
             raise _Unreadable(f"its header gives a size of {size[0]} x {size[1]} pixels")
         return size

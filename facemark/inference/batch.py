@@ -1,7 +1,9 @@
 """``facemark predict``: landmarks for image files, folders (recursively) and videos.
 
 Every input file is processed on its own: a file that cannot be read (or fails) is reported with
-the reason and skipped, the others go on, and the exit code is 1 when any failed. Results go to
+the reason and skipped, the others go on, and the exit code is 1 when any failed. Symbolic links
+in folders that lead nowhere (dangling, loops) are warned about and counted; inputs holding
+nothing to process are an error. Results go to
 ``--out`` (default ``facemark_output/``): ``predictions.json`` or ``predictions.csv``, and with
 ``--draw`` the images / videos with the landmarks drawn under ``drawn/``.
 """
@@ -370,7 +372,8 @@ def run_predict(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{kinds.count(kind)} {kind}" for kind in ("dangling", "loop", "unreadable") if kind in kinds)
         summary += f"; {len(kinds)} symbolic links lead nowhere and were skipped ({counts})"
     if drawn_folder is not None:
-        summary += f"; {results.drawings} drawings in {drawn_folder}" if results.drawings else "; no drawings written"
+        summary += (f"; {results.drawings} drawing{'s' if results.drawings != 1 else ''} in {drawn_folder}"
+                    if results.drawings else "; no drawings written")
     print(summary)
     if results.failed:
         print(f"facemark predict: {len(results.failed)} input(s) failed: " + ", ".join(f["file"] for f in results.failed), file=sys.stderr)
