@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -166,6 +167,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, commands
 
 
+def _print_dataset_warnings(command: str) -> None:
+    """Show dataset warnings as ``facemark <command>: warning: ...`` lines (without Python's
+    source-line decoration); other warnings keep the default display."""
+    from facemark.data.records import DatasetWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DatasetWarning):
+            print(f"facemark {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, commands = build_parser()
     args = parser.parse_args(argv)
@@ -173,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            _print_dataset_warnings(args.command)
+            return int(args.run(args) or 0)
     except CommandError as error:
         commands[args.command].error(str(error))  # exits with status 2
     except KeyboardInterrupt:

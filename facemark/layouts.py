@@ -355,7 +355,7 @@ def load_layout(path: str | Path) -> Layout:
     if not path.is_file():
         raise FileNotFoundError(f"layout file {path} does not exist")
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: not valid YAML ({error})") from None
     return Layout.from_dict(spec, source=str(path))

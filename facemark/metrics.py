@@ -711,7 +711,7 @@ class EvaluationResults:
         if not path.is_file():
             raise FileNotFoundError(f"results file {path} does not exist")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON ({error})") from None
         return cls.from_dict(data, source=str(path))

@@ -150,3 +150,25 @@ def test_configs_folder_has_every_paper_recipe():
     for dataset in ("wflw", "300w", "cofw"):
         for recipe in ("slpt_hrnet", "slpt_resnet34", "sdfl_hrnet", "fc_hrnet"):
             assert f"{recipe}_{dataset}" in names
+
+
+@pytest.mark.parametrize("override", ["optim.lr=inf", "optim.lr=.inf", "optim.momentum=nan", "data.crop.enlarge=inf",
+                                      "optim.grad_clip_norm=inf", "optim.time_budget_minutes=.nan"])
+def test_non_finite_numbers_are_rejected_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("method", ["slpt", "sdfl", "fc"])
+def test_unknown_backbone_names_the_config_key(method):
+    from facemark.engine.methods import build_model_from_spec
+    from facemark.layouts import get_layout
+
+    spec = {"method": method, "backbone": "resnet1000", "options": {}, "layout": get_layout("wflw98").to_dict(),
+            "statistics": {}, "image_size": 256}
+    with pytest.raises(ConfigError) as error:
+        build_model_from_spec(spec, METHODS)
+    message = str(error.value)
+    assert "'model.backbone'" in message and "'resnet1000'" in message and "resnet34" in message, message
+    assert "SLPTConfig" not in message

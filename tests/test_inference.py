@@ -234,6 +234,7 @@ def test_predict_command_reports_unreadable_files_and_goes_on(tmp_path, astronau
     assert drawn is not None and drawn.shape == astronaut.shape
     assert (out / "drawn" / "photos" / "sub" / "small.png").is_file()
     assert "1 files in the folders were not images" in captured.out
+    assert f"2 drawings in {out / 'drawn'}" in captured.out
 
 
 def test_predict_command_csv_boxes_and_68_points(tmp_path, astronaut, mean_face_onnx):
@@ -379,3 +380,46 @@ def test_authors_slpt_checkpoint_is_loaded_with_the_official_crop(tmp_path, astr
     box = [[180.0, 90.0, 270.0, 170.0]]
     expected = Predictor(model, layout="300w68", crop_convention=slpt_crop_convention(), detector=None).predict(astronaut, box)
     np.testing.assert_allclose(predictor.predict(astronaut, box)[0].landmarks, expected[0].landmarks, atol=1e-4)
+
+
+# -- facemark predict: inputs that lead nowhere ---------------------------------------------------------
+def test_predict_reports_dangling_links_and_loops(tmp_path, astronaut, mean_face_onnx, capsys):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    cv2.imwrite(str(folder / "astronaut.png"), cv2.cvtColor(astronaut[:256, 128:384], cv2.COLOR_RGB2BGR))
+    (folder / "dead.jpg").symlink_to(tmp_path / "deleted.jpg")  # dangling
+    (folder / "self.jpg").symlink_to(folder / "self.jpg")  # a link to itself: ELOOP
+    (folder / "sub" / "up").symlink_to(folder)  # a folder link back to a folder above it
+    out = tmp_path / "out"
+    code = run_predict(_predict_args([str(folder), "--weights", mean_face_onnx, "--out", str(out), "--no-progress"]))
+    captured = capsys.readouterr()
+    assert code == 0  # a warning, not a failure
+    for name in ("dead.jpg", "self.jpg", "up"):
+        assert f"warning: {folder / name if name != 'up' else folder / 'sub' / 'up'}: " in captured.err, captured.err
+    assert "deleted.jpg does not exist" in captured.err
+    assert "3 symbolic links lead nowhere and were skipped (1 dangling, 2 loop)" in captured.out
+    document = json.loads((out / "predictions.json").read_text())
+    assert len(document["images"]) == 1  # the image is not found again through the loop
+    assert sorted(entry["file"].rsplit("/", 1)[-1] for entry in document["skipped_links"]) == ["dead.jpg", "self.jpg", "up"]
+
+
+def test_predict_empty_folder_is_an_error(tmp_path, mean_face_onnx):
+    from facemark.cli import CommandError
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "notes.txt").write_text("not an image")
+    with pytest.raises(CommandError, match=r"nothing to process: .*empty: no image or video files in this folder"):
+        run_predict(_predict_args([str(tmp_path / "empty"), "--weights", mean_face_onnx, "--out", str(tmp_path / "o")]))
+    with pytest.raises(CommandError, match=r"texts: no image or video files.*1 files in the folders are neither"):
+        run_predict(_predict_args([str(tmp_path / "texts"), "--weights", mean_face_onnx, "--out", str(tmp_path / "o")]))
+
+
+def test_predict_says_no_drawings_when_none_were_written(tmp_path, mean_face_onnx, capsys):
+    (tmp_path / "broken.jpg").write_bytes(b"this is not a JPEG")
+    out = tmp_path / "out"
+    code = run_predict(_predict_args([str(tmp_path / "broken.jpg"), "--weights", mean_face_onnx, "--out", str(out),
+                                      "--draw", "--no-progress"]))
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "drawings in" not in printed and "no drawings written" in printed

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from facemark.data.cofw import COFW68_SPLITS, COFW_SPLITS, load_cofw, load_cofw68
-from facemark.data.records import FaceRecord, LandmarkDataset, read_image_rgb
+from facemark.data.records import DatasetWarning, FaceRecord, LandmarkDataset, read_image_rgb
 from facemark.data.w300 import W300_SPLITS, load_300w, read_pts
 from facemark.data.wflw import WFLW_ATTRIBUTES, WFLW_SPLITS, load_wflw
 from facemark.data.writers import (
@@ -27,6 +27,7 @@ from facemark.data.writers import (
 __all__ = [
     "load_dataset",
     "DATASET_SPLITS",
+    "DatasetWarning",
     "FaceRecord",
     "LandmarkDataset",
     "read_image_rgb",

@@ -9,7 +9,12 @@ import numpy as np
 
 from facemark.layouts import Layout
 
-__all__ = ["FaceRecord", "LandmarkDataset", "read_image_rgb"]
+__all__ = ["DatasetWarning", "FaceRecord", "LandmarkDataset", "read_image_rgb"]
+
+
+class DatasetWarning(UserWarning):
+    """Something in a dataset is suspicious but readable (a repeated annotation line, a face
+    outside its image): issued with :func:`warnings.warn`, naming the file and line."""
 
 
 def read_image_rgb(path: str | Path) -> np.ndarray:
@@ -27,13 +32,24 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise ValueError(f"image file {path} could not be decoded (not an image OpenCV can read)")
-    if image.dtype != np.uint8:  # 16-bit PNG and the like
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
+    image = _to_uint8(image, path)
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _to_uint8(image: np.ndarray, path: Path) -> np.ndarray:
+    """8-bit pixels by the format's full range, the same for every image (never a per-image
+    contrast stretch, which would make a 16-bit copy of a photo differ from the 8-bit one)."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:  # 0..65535 -> 0..255: 65535 / 255 = 257 exactly
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if image.dtype in (np.float32, np.float64):  # floating-point TIFF / EXR: 0.0 .. 1.0
+        return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    raise ValueError(f"image file {path} has {image.dtype} pixels; expected 8- or 16-bit integers or 0..1 floats")
 
 
 @dataclass

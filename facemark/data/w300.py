@@ -56,7 +56,7 @@ def read_pts(path: str | Path, num_points: int = NUM_POINTS) -> np.ndarray:
     """
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not part of the text
     except FileNotFoundError:
         raise FileNotFoundError(f".pts file {path} does not exist") from None
     except UnicodeDecodeError as error:

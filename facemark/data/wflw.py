@@ -17,11 +17,12 @@ per-subset lists (``WFLW_annotations/list_98pt_test/``) hold the same lines and 
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from facemark.data.records import FaceRecord, LandmarkDataset
+from facemark.data.records import DatasetWarning, FaceRecord, LandmarkDataset
 from facemark.layouts import get_layout
 
 __all__ = [
@@ -80,7 +81,7 @@ def parse_wflw_annotations(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
     Blank lines are allowed (they hold no face); every other line must have 207 fields.
     """
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the text
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not a text file ({error})") from None
     lines = text.splitlines()
@@ -135,7 +136,25 @@ def parse_wflw_annotations(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
             f"{path}, line {line_numbers[row]}: field {2 * NUM_POINTS + 4 + column + 1} "
             f"({WFLW_ATTRIBUTES[column]} flag) is {flags[row, column]:g}; expected 0 or 1"
         )
+    _warn_duplicate_lines(path, values, image_paths, line_numbers)
     return landmarks, rects, flags.astype(np.int64), image_paths, line_numbers
+
+
+def _warn_duplicate_lines(path: Path, values: np.ndarray, image_paths: list[str], line_numbers: list[int]) -> None:
+    """Warn about lines repeating an earlier line (same image, same numbers): they are read as
+    faces of their own, like the release, but are almost always a copy-and-paste mistake."""
+    first_line: dict[tuple[str, bytes], int] = {}
+    repeats: list[str] = []
+    for row, (image_path, line_number) in enumerate(zip(image_paths, line_numbers)):
+        key = (image_path, values[row].tobytes())
+        if key in first_line:
+            repeats.append(f"line {line_number} repeats line {first_line[key]}")
+        else:
+            first_line[key] = line_number
+    if repeats:
+        shown = ", ".join(repeats[:10]) + (f", ... ({len(repeats) - 10} more)" if len(repeats) > 10 else "")
+        warnings.warn(f"{path}: {len(repeats)} duplicate annotation line(s): {shown}; each is read as a face "
+                      "of its own", DatasetWarning, stacklevel=3)
 
 
 def load_wflw(root: str | Path, split: str, check_images: bool = True) -> LandmarkDataset:

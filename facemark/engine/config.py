@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -268,13 +269,18 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise _Mismatch
         if tp is float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-            if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+                number = float(value)
+            elif isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
                 try:
-                    return float(value)
+                    number = float(value)
                 except ValueError:
                     raise _Mismatch from None
-            raise _Mismatch
+            else:
+                raise _Mismatch
+            # No setting of the schema means anything at inf or nan (null says "none" where allowed).
+            if not math.isfinite(number):
+                raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
+            return number
         if tp is str:
             if isinstance(value, str):
                 return value
@@ -352,7 +358,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in chain:
         raise ConfigError(f"config file {path}: 'base:' inheritance loops back to itself")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
     raw = {} if raw is None else raw

@@ -79,21 +79,38 @@ class CropDataset(torch.utils.data.Dataset):
         }
 
 
-def carve_validation(dataset: LandmarkDataset, fraction: float, seed: int) -> tuple[LandmarkDataset, LandmarkDataset]:
-    """Split ``dataset`` into (train, validation) with ``fraction`` of it (at least 1) held out.
+def _image_key(record: FaceRecord) -> str:
+    """What identifies a record's image: its file, or (images stored inside an annotation file,
+    COFW) its identifier, which names one image."""
+    return str(record.image_path) if record.image_path is not None else record.identifier
 
-    The choice is a seeded permutation, so the same seed always holds out the same records; both
-    parts keep the original record order.
+
+def carve_validation(dataset: LandmarkDataset, fraction: float, seed: int) -> tuple[LandmarkDataset, LandmarkDataset]:
+    """Split ``dataset`` into (train, validation) with ``fraction`` of its faces (at least 1) held out.
+
+    The split is by image: every face of one image (several faces, or a repeated annotation
+    line) lands on the same side, so nothing of the validation images is trained on. Images are
+    taken in a seeded random order until ``round(fraction * faces)`` faces are held out, so the
+    same seed always holds out the same images (with one face per image: the same faces as a
+    split by face). Both parts keep the original record order.
     """
     count = len(dataset)
     num_val = max(1, int(round(fraction * count)))
-    if num_val >= count:
-        raise ValueError(f"cannot hold out {num_val} of {count} records of {dataset.name}/{dataset.split} "
-                         "for validation (data.val_fraction too large or the split too small)")
-    held_out = np.sort(np.random.default_rng(seed).permutation(count)[:num_val])
-    keep = np.ones(count, dtype=bool)
-    keep[held_out] = False
     records = dataset.records
+    groups: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        groups.setdefault(_image_key(record), []).append(index)
+    images = list(groups.values())
+    keep = np.ones(count, dtype=bool)
+    held_out = 0
+    for group in np.random.default_rng(seed).permutation(len(images)):
+        if held_out >= num_val:
+            break
+        keep[images[group]] = False
+        held_out += len(images[group])
+    if keep.sum() == 0 or num_val >= count:
+        raise ValueError(f"cannot hold out {num_val} of {count} faces ({len(images)} images) of {dataset.name}/{dataset.split} "
+                         "for validation (data.val_fraction too large or the split too small)")
 
     def part(mask: np.ndarray, suffix: str) -> LandmarkDataset:
         return LandmarkDataset(dataset.name, f"{dataset.split}{suffix}", dataset.root, dataset.layout,

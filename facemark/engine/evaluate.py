@@ -121,7 +121,7 @@ def load_predictions(path: str | Path) -> Predictions:
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
         raise ValueError(f"predictions file {path} is not valid JSON ({error})") from None
     if not isinstance(data, dict) or data.get("format") != PREDICTIONS_FORMAT:
@@ -198,6 +198,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None 
     output folder defaults to ``<checkpoint folder>/eval_<dataset>_<split>``.
     """
     from facemark.data import load_dataset
+    from facemark.data.image_check import check_dataset_images
     from facemark.engine.checkpoint import load_model
     from facemark.engine.distributed import resolve_device
 
@@ -210,6 +211,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None 
     if not dataset:
         raise ValueError(f"checkpoint {checkpoint} records no dataset; pass dataset=")
     records = load_dataset(dataset, data_root, split)
+    check_dataset_images(records)  # every unreadable image at once, before the model runs
     if records.layout.num_points != loaded.layout.num_points:
         raise ValueError(f"checkpoint {checkpoint} predicts {loaded.layout.num_points} points ({loaded.layout.name}) "
                          f"but {dataset}/{split} has {records.layout.num_points} ({records.layout.name})")
@@ -238,12 +240,14 @@ def score(predictions_file: str | Path, data_root: str | Path, dataset: str | No
     written to ``output_dir`` when given.
     """
     from facemark.data import load_dataset
+    from facemark.data.image_check import check_dataset_images
 
     predictions_file = Path(predictions_file)
     predictions = load_predictions(predictions_file)
     dataset = dataset or predictions.dataset
     split = split or predictions.split
     records = load_dataset(dataset, data_root, split)
+    check_dataset_images(records)  # warns about faces outside their image, as evaluate does
     landmarks = _align(predictions, records, f"predictions file {predictions_file}")
     results = EvaluationResults.from_predictions(
         landmarks, records, model_name=predictions.model, box_source=predictions.box_source,

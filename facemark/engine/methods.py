@@ -66,6 +66,13 @@ def _statistics_options(function: Callable, options: Mapping) -> dict:
     return {key: value for key, value in options.items() if key in names}
 
 
+def _check_backbone(backbone: str, method: str, known: Mapping, also: str = "") -> None:
+    """An unknown ``model.backbone`` is an error naming that config key (not the model's own field)."""
+    if backbone not in known:
+        raise ConfigError(f"config key 'model.backbone': unknown backbone {backbone!r} for model.method={method}; "
+                          f"expected one of {sorted(known)}{also}")
+
+
 # -- SLPT ----------------------------------------------------------------------------------------
 def _slpt_statistics(shapes: TrainingShapes, layout: Layout, **_options) -> dict:
     from facemark.models.slpt import compute_mean_face
@@ -81,8 +88,9 @@ def _slpt_model(backbone: str, layout: Layout, statistics: Mapping, image_size: 
                 use_cross_attention: bool = True, use_structure_encoding: bool = True,
                 head_init: str = "release", embedding_init: str = "release",
                 initial_content: str = "zeros") -> nn.Module:
-    from facemark.models.slpt import SLPTConfig, build_slpt
+    from facemark.models.slpt import BACKBONES, SLPTConfig, build_slpt
 
+    _check_backbone(backbone, "slpt", BACKBONES)
     config = SLPTConfig(
         num_points=layout.num_points, backbone=backbone, num_stages=num_stages, num_layers=num_layers,
         patch_samples=patch_samples, initial_patch_size=initial_patch_size, embed_dim=embed_dim,
@@ -119,11 +127,19 @@ def _sdfl_statistics(shapes: TrainingShapes, layout: Layout, *, neighbours: int 
     return {"neighbourhood": build_neighbourhood(shapes.original, k=neighbours)}
 
 
+def _check_sdfl_backbone(backbone: str, method: str) -> None:
+    from facemark.models.sdfl import BACKBONES
+
+    if not backbone.startswith("timm:"):
+        _check_backbone(backbone, method, BACKBONES, " or 'timm:<model name>'")
+
+
 def _sdfl_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
                 neighbours: int = 3, adjacency: str = "dynamic", hidden_features: int = 128,
                 num_blocks: int = 4, expansion: int = 4, bn_momentum: float = 0.1) -> nn.Module:
     from facemark.models.sdfl import sdfl_graph_model
 
+    _check_sdfl_backbone(backbone, "sdfl")
     del neighbours  # used by _sdfl_statistics only
     return sdfl_graph_model(layout.num_points, statistics["neighbourhood"], backbone=backbone, adjacency=adjacency,
                             input_size=image_size, hidden_features=hidden_features, num_blocks=num_blocks,
@@ -134,6 +150,7 @@ def _fc_model(backbone: str, layout: Layout, statistics: Mapping, image_size: in
               neighbours: int = 3, hidden_features: int = 256, bn_momentum: float = 0.1) -> nn.Module:
     from facemark.models.sdfl import sdfl_fc_model
 
+    _check_sdfl_backbone(backbone, "fc")
     del neighbours  # used by _sdfl_statistics only (the relative-location loss needs the graph)
     return sdfl_fc_model(layout.num_points, backbone=backbone, input_size=image_size,
                          hidden_features=hidden_features, bn_momentum=bn_momentum,

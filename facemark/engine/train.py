@@ -361,6 +361,7 @@ def _load_data(config: TrainConfig, logger: logging.Logger) -> _Data:
     """The training split, and the selection faces: the test split (``runtime.select_on=test``),
     ``data.val_split``, or ``data.val_fraction`` carved from the training split."""
     from facemark.data import load_dataset
+    from facemark.data.image_check import check_dataset_images
 
     data, runtime = config.data, config.runtime
     train_full = load_dataset(data.dataset, data.root, data.train_split)
@@ -379,6 +380,7 @@ def _load_data(config: TrainConfig, logger: logging.Logger) -> _Data:
     else:
         train_set, selection = train_full, None
         logger.warning("no validation data (data.val_fraction=0, no data.val_split): best.pt is the last epoch")
+    check_dataset_images(train_set, selection)  # every unreadable image at once, before the first epoch
     logger.info("data: %s %s, %d training faces, %s", data.dataset, data.root, len(train_set),
                 f"{len(selection)} selection faces ({selection.split})" if selection is not None else "no validation")
     return _Data(train_set, selection, train_set.layout)

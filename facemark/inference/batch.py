@@ -1,7 +1,9 @@
 """``facemark predict``: landmarks for image files, folders (recursively) and videos.
 
 Every input file is processed on its own: a file that cannot be read (or fails) is reported with
-the reason and skipped, the others go on, and the exit code is 1 when any failed. Results go to
+the reason and skipped, the others go on, and the exit code is 1 when any failed. Symbolic links
+in folders that lead nowhere (dangling, loops) are warned about and counted; inputs holding
+nothing to process are an error. Results go to
 ``--out`` (default ``facemark_output/``): ``predictions.json`` or ``predictions.csv``, and with
 ``--draw`` the images / videos with the landmarks drawn under ``drawn/``.
 """
@@ -9,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
+import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IMAGE_EXTENSIONS", "collect_inputs", "run_predict"]
+__all__ = ["IMAGE_EXTENSIONS", "CollectedInputs", "collect_inputs", "run_predict"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".jp2")
 
@@ -31,18 +35,84 @@ class InputFile:
     kind: str  # "image" or "video"
 
 
-def collect_inputs(inputs: list[str]) -> tuple[list[InputFile], list[tuple[str, str]], int]:
-    """Expand files and folders (recursively) into the files to process.
+@dataclass
+class CollectedInputs:
+    """What :func:`collect_inputs` found.
 
-    Returns ``(files, problems, skipped)``: ``problems`` are ``(input, reason)`` for inputs that do
-    not exist; ``skipped`` counts files inside folders that are neither images nor videos.
-    Files given explicitly are processed whatever their extension (an unreadable one is reported).
+    ``files``: the files to process. ``problems``: ``(input, reason)`` for inputs that do not
+    exist or cannot be listed. ``skipped``: files inside folders that are neither images nor
+    videos. ``bad_links``: ``(path, kind, reason)`` for symbolic links inside folders that lead
+    nowhere, kind "dangling" or "loop" (or "unreadable"). ``empty_folders``: input folders
+    holding no image or video.
+    """
+
+    files: list[InputFile] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    skipped: int = 0
+    bad_links: list[tuple[str, str, str]] = field(default_factory=list)
+    empty_folders: list[str] = field(default_factory=list)
+
+
+def _folder_files(folder: Path, bad_links: list[tuple[str, str, str]], problems: list[tuple[str, str]]) -> list[Path]:
+    """The files under ``folder``, recursively, in sorted order, following symbolic links.
+
+    A link whose target does not exist, a link loop, and a link back to a folder above it are
+    recorded in ``bad_links`` (a folder reached twice through links is searched once).
+    """
+    files: list[Path] = []
+    searched: set[tuple[int, int]] = set()
+
+    def identity(path: Path) -> tuple[int, int]:
+        status = path.stat()
+        return status.st_dev, status.st_ino
+
+    def visit(directory: Path, ancestors: tuple[tuple[int, int], ...]) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as error:
+            problems.append((str(directory), f"cannot list the folder ({error.strerror or error})"))
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_symlink():
+                try:
+                    target = identity(path)  # follows the link
+                except OSError as error:
+                    if error.errno == errno.ELOOP:
+                        bad_links.append((str(path), "loop", "symbolic link loop"))
+                    elif error.errno == errno.ENOENT:
+                        bad_links.append((str(path), "dangling",
+                                          f"dangling symbolic link (its target {os.readlink(path)} does not exist)"))
+                    else:
+                        bad_links.append((str(path), "unreadable", f"unreadable symbolic link ({error.strerror})"))
+                    continue
+                if path.is_dir() and target in ancestors:
+                    bad_links.append((str(path), "loop",
+                                      f"symbolic link loop (leads back to {os.readlink(path)}, a folder above it)"))
+                    continue
+            if entry.is_dir():  # follows links
+                key = identity(path)
+                if key not in searched:
+                    searched.add(key)
+                    visit(path, ancestors + (key,))
+            elif entry.is_file():
+                files.append(path)
+
+    root_key = identity(folder)
+    searched.add(root_key)
+    visit(folder, (root_key,))
+    return files
+
+
+def collect_inputs(inputs: list[str]) -> CollectedInputs:
+    """Expand files and folders (recursively, following symbolic links) into the files to process.
+
+    Files given explicitly are processed whatever their extension (an unreadable one is
+    reported); inside folders only image and video files are taken, the others are counted.
     """
     from facemark.inference.video import VIDEO_EXTENSIONS
 
-    files: list[InputFile] = []
-    problems: list[tuple[str, str]] = []
-    skipped = 0
+    found = CollectedInputs()
     used_names: set[str] = set()
 
     def unique(name: str) -> str:
@@ -60,17 +130,24 @@ def collect_inputs(inputs: list[str]) -> tuple[list[InputFile], list[tuple[str, 
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            taken = 0
+            for child in _folder_files(path, found.bad_links, found.problems):
                 suffix = child.suffix.lower()
                 if suffix not in IMAGE_EXTENSIONS and suffix not in VIDEO_EXTENSIONS:
-                    skipped += 1
+                    found.skipped += 1
                     continue
-                files.append(InputFile(child, path, unique((Path(path.name) / child.relative_to(path)).as_posix()), kind_of(child)))
+                name = unique((Path(path.name) / child.relative_to(path)).as_posix())
+                found.files.append(InputFile(child, path, name, kind_of(child)))
+                taken += 1
+            if not taken:
+                found.empty_folders.append(text)
         elif path.is_file():
-            files.append(InputFile(path, None, unique(path.name), kind_of(path)))
+            found.files.append(InputFile(path, None, unique(path.name), kind_of(path)))
+        elif path.is_symlink():
+            found.problems.append((text, "a symbolic link leading nowhere (dangling or a loop)"))
         else:
-            problems.append((text, "no such file or folder"))
-    return files, problems, skipped
+            found.problems.append((text, "no such file or folder"))
+    return found
 
 
 def _error(message: str) -> Exception:
@@ -114,7 +191,9 @@ class _Results:
         self.images: list[dict] = []
         self.videos: list[dict] = []
         self.failed: list[dict] = []
+        self.skipped_links: list[dict] = []
         self.notes: list[str] = []
+        self.drawings = 0  # files written under drawn/
 
     def header(self) -> dict:
         predictor = self.predictor
@@ -135,7 +214,8 @@ class _Results:
         out.mkdir(parents=True, exist_ok=True)
         if self.args.format == "json":
             path = out / "predictions.json"
-            document = {**self.header(), "images": self.images, "videos": self.videos, "failed": self.failed}
+            document = {**self.header(), "images": self.images, "videos": self.videos, "failed": self.failed,
+                        "skipped_links": self.skipped_links}
             path.write_text(json.dumps(document, indent=1))
             return path
         path = out / "predictions.csv"
@@ -184,6 +264,7 @@ def _process_image(predictor, item, boxes_for, results: _Results, drawn_folder: 
         canvas = _draw(image, faces, predictor.output_layout)
         if not cv2.imwrite(str(target), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
             raise OSError(f"could not write {target}")
+        results.drawings += 1
 
 
 def _process_video(predictor, item, args, results: _Results, drawn_folder: Path | None, progress: bool) -> None:
@@ -209,6 +290,7 @@ def _process_video(predictor, item, args, results: _Results, drawn_folder: Path 
     finally:
         if writer is not None:
             writer.close()
+            results.drawings += 1
     results.videos.append({"file": str(item.path), "fps": reader.fps, "smoothing": None if smoothing is None else smoothing.to_dict(), "frames": frames})
 
 
@@ -225,9 +307,18 @@ def run_predict(args: argparse.Namespace) -> int:
         raise _error(str(error)) from None
     if args.passes < 1 or args.batch_size < 1 or args.detect_every < 0:
         raise _error("--passes and --batch-size must be >= 1 and --detect-every >= 0")
-    files, problems, skipped = collect_inputs(args.inputs)
+    found = collect_inputs(args.inputs)
+    if not found.files:
+        reasons = [f"{name}: {reason}" for name, reason in found.problems]
+        reasons += [f"{folder}: no image or video files in this folder" for folder in found.empty_folders]
+        reasons += [f"{link}: {reason}" for link, _, reason in found.bad_links]
+        if found.skipped:
+            reasons.append(f"{found.skipped} files in the folders are neither images ({', '.join(IMAGE_EXTENSIONS)}) "
+                           "nor videos")
+        raise _error("nothing to process: " + "; ".join(reasons))
     predictor = _make_predictor(args)
     results = _Results(predictor, args)
+    results.skipped_links = [{"file": link, "reason": reason} for link, _, reason in found.bad_links]
     out = Path(args.out)
     drawn_folder = out / "drawn" if args.draw else None
     progress = not args.no_progress
@@ -236,8 +327,12 @@ def run_predict(args: argparse.Namespace) -> int:
         results.failed.append({"file": name, "reason": reason})
         tqdm.write(f"facemark predict: {name}: {reason}", file=sys.stderr)
 
-    for name, reason in problems:
+    for name, reason in found.problems:
         report(name, reason)
+    for link, _, reason in found.bad_links:
+        tqdm.write(f"facemark predict: warning: {link}: {reason}; skipped", file=sys.stderr)
+    for folder in found.empty_folders:
+        results.notes.append(f"{folder}: no image or video files in this folder")
 
     def boxes_for(item):
         if fixed_boxes is not None:
@@ -249,8 +344,8 @@ def run_predict(args: argparse.Namespace) -> int:
             return found
         return None
 
-    images = [item for item in files if item.kind == "image"]
-    videos = [item for item in files if item.kind == "video"]
+    images = [item for item in found.files if item.kind == "image"]
+    videos = [item for item in found.files if item.kind == "video"]
     for item in tqdm(images, desc="images", unit="image", disable=not progress or not images):
         try:
             _process_image(predictor, item, boxes_for, results, drawn_folder)
@@ -271,10 +366,15 @@ def run_predict(args: argparse.Namespace) -> int:
     faces = sum(len(entry["faces"]) for entry in results.images)
     frames = sum(len(entry["frames"]) for entry in results.videos)
     summary = f"{len(results.images)} images ({faces} faces), {len(results.videos)} videos ({frames} frames) -> {path}"
-    if skipped:
-        summary += f"; {skipped} files in the folders were not images or videos and were skipped"
+    if found.skipped:
+        summary += f"; {found.skipped} files in the folders were not images or videos and were skipped"
+    if found.bad_links:
+        kinds = [kind for _, kind, _ in found.bad_links]
+        counts = ", ".join(f"{kinds.count(kind)} {kind}" for kind in ("dangling", "loop", "unreadable") if kind in kinds)
+        summary += f"; {len(kinds)} symbolic links lead nowhere and were skipped ({counts})"
     if drawn_folder is not None:
-        summary += f"; drawings in {drawn_folder}"
+        summary += (f"; {results.drawings} drawing{'s' if results.drawings != 1 else ''} in {drawn_folder}"
+                    if results.drawings else "; no drawings written")
     print(summary)
     if results.failed:
         print(f"facemark predict: {len(results.failed)} input(s) failed: " + ", ".join(f["file"] for f in results.failed), file=sys.stderr)

@@ -286,7 +286,7 @@ def _box_list(value, where: str) -> np.ndarray:
 
 def _load_json_boxes(path: Path) -> dict[str, np.ndarray]:
     try:
-        spec = json.loads(path.read_text())
+        spec = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: line {error.lineno}, column {error.colno}: not valid JSON ({error.msg})") from None
     if not isinstance(spec, Mapping):
@@ -299,7 +299,7 @@ _CSV_COLUMNS = ("image", "x_min", "y_min", "x_max", "y_max")
 
 def _load_csv_boxes(path: Path) -> dict[str, np.ndarray]:
     boxes: dict[str, list[np.ndarray]] = {}
-    with path.open(newline="") as file:
+    with path.open(newline="", encoding="utf-8-sig") as file:
         rows = csv.reader(file)
         header = next(rows, None)
         if header is None:

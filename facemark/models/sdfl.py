@@ -152,7 +152,7 @@ def read_neighbour_lists(path: str | Path) -> list[list[int]]:
     """Read ``"i: j1 j2 j3"`` lines (``#`` comments allowed; nodes 0..N-1 in order) as lists."""
     path = Path(path)
     lists: list[list[int]] = []
-    for line_number, raw in enumerate(path.read_text().splitlines(), start=1):
+    for line_number, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
