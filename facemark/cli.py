@@ -9,11 +9,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from facemark.errors import CommandError
+
 __all__ = ["main", "build_parser"]
-
-
-class CommandError(Exception):
-    """A user-facing error: printed as ``facemark <command>: error: ...`` with exit code 2."""
 
 
 # --- facemark layouts -------------------------------------------------------------------------

@@ -49,3 +49,25 @@ def test_synth_bad_arguments(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_lower_layers_do_not_import_the_command_line():
+    # facemark.cli imports the engine and inference; were they to import it back (e.g. for
+    # CommandError, which lives in facemark.errors), the layers would form an import cycle.
+    import ast
+    from pathlib import Path
+
+    import facemark
+
+    package = Path(facemark.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name in ("cli.py", "__main__.py") and path.parent == package:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
+            if any(name == "facemark.cli" or name.startswith("facemark.cli.") for name in names):
+                offenders.append(f"{path.relative_to(package.parent)}:{node.lineno}")
+    assert offenders == []

@@ -253,7 +253,7 @@ def test_predict_command_csv_boxes_and_68_points(tmp_path, astronaut, mean_face_
 
     bad = tmp_path / "bad.csv"
     bad.write_text("image,x_min,y_min,x_max,y_max\nastronaut.png,1,2,3\n")
-    from facemark.cli import CommandError
+    from facemark.errors import CommandError
 
     with pytest.raises(CommandError, match=r"bad.csv: line 2: 4 fields, expected 5"):
         run_predict(_predict_args([str(image), "--weights", mean_face_onnx, "--boxes", str(bad), "--out", str(out)]))

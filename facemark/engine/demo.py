@@ -519,7 +519,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Na
                              "(e.g. optim.batch_size=8 augmentation.preset=none)")
 
     def run(args: argparse.Namespace) -> int:
-        from facemark.cli import CommandError
+        from facemark.errors import CommandError
         from facemark.engine.config import ConfigError
         from facemark.engine.train import TrainingDiverged
 

@@ -74,7 +74,7 @@ def collect_inputs(inputs: list[str]) -> tuple[list[InputFile], list[tuple[str, 
 
 
 def _error(message: str) -> Exception:
-    from facemark.cli import CommandError
+    from facemark.errors import CommandError
 
     return CommandError(message)
 
