@@ -71,3 +71,21 @@ def test_lower_layers_do_not_import_the_command_line():
             if any(name == "facemark.cli" or name.startswith("facemark.cli.") for name in names):
                 offenders.append(f"{path.relative_to(package.parent)}:{node.lineno}")
     assert offenders == []
+
+
+def test_make_test_prints_the_summary_line():
+    # CI runs `make test`: its log must say how many tests ran ("N passed"). pytest's -q from
+    # pyproject's addopts plus another -q on the command line (-qq) drops that line.
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    makefile = (root / "Makefile").read_text().splitlines()
+    recipe = makefile[makefile.index(next(line for line in makefile if line.startswith("test:"))) + 1].strip()
+    command = shlex.split(recipe.replace("$(BIN)/python", shlex.quote(sys.executable)))
+    assert command[-1] == "tests"
+    command[-1] = "tests/test_cli.py::test_help_lists_the_commands"
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^1 passed in ", result.stdout, re.MULTILINE), result.stdout
