@@ -211,6 +211,18 @@ def mean_face_onnx(tmp_path_factory, mean_face) -> str:
     return str(path)
 
 
+def test_onnx_file_picks_the_onnx_backend(mean_face_onnx, astronaut, mean_face):
+    # README: Predictor("model.onnx") works as it is; the .onnx file needs ONNX Runtime.
+    predictor = Predictor(mean_face_onnx, detector=None)
+    assert predictor.backend == predictor.bundle.backend == "onnx"
+    face = predictor.predict(astronaut, [[180, 90, 270, 170]])[0]
+    reference = Predictor(MeanFaceModel(mean_face), layout="wflw98", crop_convention=CropConvention("landmarks", 1.2, 64), detector=None)
+    assert reference.backend == "torch"
+    np.testing.assert_allclose(face.landmarks, reference.predict(astronaut, [[180, 90, 270, 170]])[0].landmarks, atol=1e-3)
+    with pytest.raises(ValueError, match="runs with backend='onnx'"):
+        Predictor(mean_face_onnx, backend="torch", detector=None)
+
+
 def test_predict_command_reports_unreadable_files_and_goes_on(tmp_path, astronaut, mean_face_onnx, capsys):
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)

@@ -83,7 +83,6 @@ def _make_predictor(args: argparse.Namespace):
     from facemark.inference.detectors import IDENTITY_CALIBRATION, BoxCalibration, HaarFaceDetector
     from facemark.inference.predictor import Predictor
 
-    backend = args.backend or ("onnx" if str(args.weights).lower().endswith(".onnx") else "torch")
     try:
         box_calibration = BoxCalibration.parse(args.box_calibration) if args.box_calibration else IDENTITY_CALIBRATION
         detector_calibration = BoxCalibration.parse(args.detector_calibration) if args.detector_calibration else None
@@ -91,7 +90,7 @@ def _make_predictor(args: argparse.Namespace):
         return Predictor(
             args.weights,
             device=args.device,
-            backend=backend,
+            backend=args.backend,  # None: the file's own (ONNX Runtime for .onnx)
             detector=detector,
             detector_calibration=detector_calibration,
             box_calibration=box_calibration,

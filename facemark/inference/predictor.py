@@ -232,19 +232,22 @@ def _onnx_runner(session) -> Callable[[np.ndarray], np.ndarray]:
 def load_weights(
     weights,
     device: str = "cpu",
-    backend: str = "torch",
+    backend: str | None = None,
     layout: str | Layout | None = None,
     crop_convention: CropConvention | None = None,
     num_threads: int | None = None,
 ) -> ModelBundle:
-    """Load ``weights`` (see the module docstring) for ``backend`` ``"torch"`` or ``"onnx"``.
+    """Load ``weights`` (see the module docstring) for ``backend`` ``"torch"`` or ``"onnx"``;
+    ``None`` picks the one the file needs: ONNX Runtime for ``.onnx`` files, torch otherwise.
 
     With ``backend="onnx"`` and torch weights, the model is exported to ONNX in memory first, so
     any facemark or authors' checkpoint runs in ONNX Runtime without a separate export step.
     """
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"Predictor: backend must be 'torch' or 'onnx', got {backend!r}")
+    if backend not in (None, "torch", "onnx"):
+        raise ValueError(f"Predictor: backend must be 'torch', 'onnx' or None (the file's own), got {backend!r}")
     kind = "module" if isinstance(weights, nn.Module) else weights_kind(weights)
+    if backend is None:
+        backend = "onnx" if kind == "onnx" else "torch"
     if kind == "torchscript":
         if backend != "torch":
             raise ValueError(f"{weights}: a TorchScript file runs with backend='torch'")
@@ -302,7 +305,8 @@ class Predictor:
         weights: a facemark checkpoint, an authors' SLPT checkpoint, an exported ``.onnx`` /
             TorchScript file, or an ``nn.Module`` (then give ``layout`` and ``crop_convention``).
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"``...).
-        backend: ``"torch"`` or ``"onnx"`` (ONNX Runtime; torch weights are converted in memory).
+        backend: ``"torch"``, ``"onnx"`` (ONNX Runtime; torch weights are converted in memory) or
+            None (default): ONNX Runtime for an ``.onnx`` file, torch for everything else.
         detector: finds faces when no boxes are given: ``"haar"`` (OpenCV's cascade, default), any
             object with ``detect(image) -> (n, 4|5) boxes`` (:class:`~facemark.inference.detectors.FaceDetector`),
             or None (then every call must give boxes).
@@ -326,7 +330,7 @@ class Predictor:
         self,
         weights,
         device: str = "cpu",
-        backend: str = "torch",
+        backend: str | None = None,
         detector: str | FaceDetector | None = "haar",
         detector_calibration: BoxCalibration | None = None,
         box_calibration: BoxCalibration = IDENTITY_CALIBRATION,
@@ -337,13 +341,13 @@ class Predictor:
         layout: str | Layout | None = None,
         crop_convention: CropConvention | None = None,
     ) -> None:
-        if num_threads is not None and backend == "torch":
-            torch.set_num_threads(num_threads)
         self.bundle = load_weights(weights, device, backend, layout, crop_convention, num_threads)
+        if num_threads is not None and self.bundle.backend != "onnx":  # ONNX Runtime got them per session
+            torch.set_num_threads(num_threads)
         self.layout = self.bundle.layout
         self.crop = self.bundle.crop
         self.device = device
-        self.backend = backend
+        self.backend = self.bundle.backend
         if isinstance(detector, str):
             if detector != "haar":
                 raise ValueError(f"Predictor: detector must be 'haar', a detector object or None, got {detector!r}")
