@@ -325,6 +325,35 @@ def test_unreadable_video_is_reported(tmp_path, mean_face_onnx, capsys):
     assert "broken.mp4" in capsys.readouterr().err
 
 
+def test_partly_decodable_video_is_a_warning(tmp_path, astronaut, mean_face_onnx, capsys):
+    # 60 MJPG frames, then the file cut at 60 % of its bytes: OpenCV decodes the first ~35 and
+    # ends the stream there as if the video were over; the AVI header still announces 60.
+    frames = [np.ascontiguousarray(np.roll(astronaut, 2 * i, axis=1)[::4, ::4]) for i in range(60)]
+    whole = tmp_path / "whole.avi"
+    _write_video(whole, frames)
+    video = tmp_path / "cut.avi"
+    video.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
+    reader = VideoReader(video)
+    decoded = sum(1 for _ in reader)
+    assert reader.frame_count == 60 and 0 < decoded == reader.frames_read < 60
+    assert f"only {decoded} of the 60 frames" in reader.shortfall() and "cut.avi" in reader.shortfall()
+    complete = VideoReader(whole)
+    assert sum(1 for _ in complete) == 60 and complete.shortfall() is None
+
+    out = tmp_path / "out"
+    code = run_predict(_predict_args([str(video), str(whole), "--weights", mean_face_onnx, "--out", str(out),
+                                      "--detect-every", "0", "--max-faces", "1", "--no-progress"]))
+    captured = capsys.readouterr()
+    assert code == 0  # landmarks for the decoded frames are still written
+    assert f"warning: {video}: only {decoded} of the 60 frames" in captured.err
+    assert f"1 warning(s): {video}: only {decoded} of the 60 frames" in captured.out
+    document = json.loads((out / "predictions.json").read_text())
+    entries = {entry["file"]: entry for entry in document["videos"]}
+    assert (entries[str(video)]["frames_read"], entries[str(video)]["frames_announced"]) == (decoded, 60)
+    assert len(entries[str(video)]["frames"]) == decoded and "only" in entries[str(video)]["warning"]
+    assert entries[str(whole)]["frames_read"] == 60 and "warning" not in entries[str(whole)]
+
+
 # -- One-Euro filter ----------------------------------------------------------------------------------
 def test_one_euro_constant_signal_is_unchanged():
     smoother = OneEuroFilter(OneEuroSettings(min_cutoff=1.0, beta=20.0), frequency=30.0)

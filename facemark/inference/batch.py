@@ -113,6 +113,7 @@ class _Results:
         self.videos: list[dict] = []
         self.failed: list[dict] = []
         self.notes: list[str] = []
+        self.warnings: list[str] = []  # processed, but not completely (e.g. a partly decodable video)
 
     def header(self) -> dict:
         predictor = self.predictor
@@ -207,7 +208,14 @@ def _process_video(predictor, item, args, results: _Results, drawn_folder: Path 
     finally:
         if writer is not None:
             writer.close()
-    results.videos.append({"file": str(item.path), "fps": reader.fps, "smoothing": None if smoothing is None else smoothing.to_dict(), "frames": frames})
+    entry = {"file": str(item.path), "fps": reader.fps, "frames_announced": reader.frame_count, "frames_read": reader.frames_read,
+             "smoothing": None if smoothing is None else smoothing.to_dict()}
+    shortfall = reader.shortfall()
+    if shortfall is not None:
+        entry["warning"] = shortfall
+        results.warnings.append(shortfall)
+        tqdm.write(f"facemark predict: warning: {shortfall}", file=sys.stderr)
+    results.videos.append({**entry, "frames": frames})
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -273,6 +281,8 @@ def run_predict(args: argparse.Namespace) -> int:
         summary += f"; {skipped} files in the folders were not images or videos and were skipped"
     if drawn_folder is not None:
         summary += f"; drawings in {drawn_folder}"
+    if results.warnings:
+        summary += f"; {len(results.warnings)} warning(s): " + "; ".join(results.warnings)
     print(summary)
     if results.failed:
         print(f"facemark predict: {len(results.failed)} input(s) failed: " + ", ".join(f["file"] for f in results.failed), file=sys.stderr)
