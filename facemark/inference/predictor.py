@@ -42,7 +42,9 @@ from facemark.data.transforms import (
     warp_image,
 )
 from facemark.inference.detectors import IDENTITY_CALIBRATION, BoxCalibration, FaceDetector, HaarFaceDetector, check_boxes
+from facemark.errors import WeightsNotFoundError
 from facemark.layouts import Layout, get_layout, wflw98_to_300w68
+from facemark.models.weights import weights_file_errors
 
 __all__ = [
     "FaceLandmarks",
@@ -119,11 +121,11 @@ def _inspect_weights(path: str | Path) -> tuple[str, dict | None]:
     """``(kind, state dict or None)``; see :func:`weights_kind`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise WeightsNotFoundError(f"weights file {path} does not exist")
     if path.suffix.lower() == ".onnx":
         return "onnx", None
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
+        with weights_file_errors(path), zipfile.ZipFile(path) as archive:
             names = archive.namelist()
         if any("/code/" in name for name in names) or any(name.endswith("constants.pkl") for name in names):
             return "torchscript", None
@@ -176,6 +178,11 @@ def _load_torch_weights(weights, device: str, layout, crop_convention) -> ModelB
             raise ValueError("Predictor: a model object needs layout= and crop_convention= (a checkpoint file carries both)")
         return _torch_bundle(weights, get_layout(layout), crop_convention, type(weights).__name__, device)
     path = Path(weights)
+    with weights_file_errors(path):
+        return _load_torch_file(path, device, layout, crop_convention)
+
+
+def _load_torch_file(path: Path, device: str, layout, crop_convention) -> ModelBundle:
     kind, state = _inspect_weights(path)
     if kind == "official_slpt":
         from facemark.models.official_slpt import load_official_slpt
@@ -252,13 +259,14 @@ def load_weights(
         if backend != "torch":
             raise ValueError(f"{weights}: a TorchScript file runs with backend='torch'")
         extra = {METADATA_KEY + ".json": ""}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in torch >= 2.10
-            model = torch.jit.load(str(weights), map_location=device, _extra_files=extra)
-        if not extra[METADATA_KEY + ".json"]:
-            raise ValueError(f"{weights}: TorchScript file without facemark metadata; export it with `facemark export`")
-        metadata = json.loads(extra[METADATA_KEY + ".json"])
-        file_layout, file_crop = _metadata_bundle(metadata, Path(weights))
+        with weights_file_errors(weights):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in torch >= 2.10
+                model = torch.jit.load(str(weights), map_location=device, _extra_files=extra)
+            if not extra[METADATA_KEY + ".json"]:
+                raise ValueError(f"{weights}: TorchScript file without facemark metadata; export it with `facemark export`")
+            metadata = json.loads(extra[METADATA_KEY + ".json"])
+            file_layout, file_crop = _metadata_bundle(metadata, Path(weights))
         model.eval()
         return ModelBundle(_torch_runner(model, torch.device(device)), file_layout, file_crop, f"TorchScript ({Path(weights).name})", "torchscript", None, metadata)
     if kind == "onnx":
@@ -266,12 +274,13 @@ def load_weights(
             raise ValueError(f"{weights}: an ONNX file runs with backend='onnx'")
         import onnx
 
-        proto = onnx.load(str(weights), load_external_data=False)
-        props = {p.key: p.value for p in proto.metadata_props}
-        if METADATA_KEY not in props:
-            raise ValueError(f"{weights}: ONNX file without facemark metadata (key {METADATA_KEY!r}); export it with `facemark export`")
-        metadata = json.loads(props[METADATA_KEY])
-        file_layout, file_crop = _metadata_bundle(metadata, Path(weights))
+        with weights_file_errors(weights):
+            proto = onnx.load(str(weights), load_external_data=False)
+            props = {p.key: p.value for p in proto.metadata_props}
+            if METADATA_KEY not in props:
+                raise ValueError(f"{weights}: ONNX file without facemark metadata (key {METADATA_KEY!r}); export it with `facemark export`")
+            metadata = json.loads(props[METADATA_KEY])
+            file_layout, file_crop = _metadata_bundle(metadata, Path(weights))
         session = _onnx_session(str(weights), device, num_threads)
         return ModelBundle(_onnx_runner(session), file_layout, file_crop, f"ONNX ({Path(weights).name})", "onnx", None, metadata)
 

@@ -8,12 +8,16 @@ shape-mismatched.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["read_state_dict", "load_matching_weights"]
+from facemark.errors import WeightsError, WeightsNotFoundError
+
+__all__ = ["read_state_dict", "load_matching_weights", "weights_file_errors"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,20 +26,43 @@ logger = logging.getLogger(__name__)
 _WRAPPER_PREFIXES = ("module.", "backbone.")
 
 
+@contextmanager
+def weights_file_errors(path: str | Path, what: str = "weights file") -> Iterator[None]:
+    """Around the code that reads and uses the weights file ``path``: any failure there becomes a
+    one-line :class:`~facemark.errors.WeightsError` naming the file (a missing file:
+    :class:`~facemark.errors.WeightsNotFoundError`), whatever the reader raised (pickle, zip,
+    protobuf and TorchScript errors all differ). The original error's type and first line are
+    kept in the message."""
+    try:
+        yield
+    except WeightsError:
+        raise
+    except Exception as error:  # noqa: BLE001 -- every reader's failure, named once
+        lines = str(error).strip().splitlines()
+        first = lines[0].strip() if lines else ""
+        if isinstance(error, FileNotFoundError):
+            raise WeightsNotFoundError(first if str(path) in first else f"{what} {path} does not exist") from None
+        if str(path) in first:  # the reader already named the file (facemark's own loaders do)
+            raise WeightsError(first) from None
+        detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+        raise WeightsError(f"{what} {path} could not be read ({detail})") from None
+
+
 def read_state_dict(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Read a local ``.pth`` state dict (a plain one, or inside a ``"state_dict"`` / ``"model"``
     entry) with ``weights_only=True``; ``what`` names the weights in the errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} weights not found: {path} (facemark never downloads weights)")
-    loaded = torch.load(path, map_location=map_location, weights_only=True)
+        raise WeightsNotFoundError(f"{what} weights not found: {path} (facemark never downloads weights)")
+    with weights_file_errors(path, f"{what} weights file"):
+        loaded = torch.load(path, map_location=map_location, weights_only=True)
     if isinstance(loaded, dict):
         for wrapper_key in ("state_dict", "model"):
             if isinstance(loaded.get(wrapper_key), dict):
                 loaded = loaded[wrapper_key]
                 break
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(loaded).__name__}")
+        raise WeightsError(f"{path}: expected a state dict (name -> tensor), got {type(loaded).__name__}")
     return loaded
 
 
