@@ -22,7 +22,7 @@ from facemark.data.transforms import slpt_crop_convention
 from facemark.engine.config import load_config
 from facemark.engine.demo import CONFIG_DIR
 from facemark.inference.export import onnx_model_bytes
-from facemark.inference.predictor import _onnx_session
+from facemark.inference.predictor import onnx_session
 from facemark.layouts import get_layout
 from facemark.models.slpt import SLPTConfig, build_slpt
 
@@ -59,7 +59,7 @@ def main() -> None:
         with torch.inference_mode():
             eager = median_ms(lambda: model(image), args.repeats)
             backbone = median_ms(lambda: model.backbone(image), args.repeats)
-        session = _onnx_session(onnx_model_bytes(model, layout, crop), "cpu", args.threads)
+        session = onnx_session(onnx_model_bytes(model, layout, crop), "cpu", args.threads)
         feed = {session.get_inputs()[0].name: image.numpy()}
         onnx = median_ms(lambda: session.run(None, feed), args.repeats)
         print(f"{label} ({config.backbone}, {config.num_layers} layer(s), K={config.patch_samples}, "

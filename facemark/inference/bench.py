@@ -133,9 +133,9 @@ def _rows_for_device(model, layout, crop, device: str, backends: list[str], batc
     if "onnx" in backends:
         try:
             from facemark.inference.export import onnx_model_bytes
-            from facemark.inference.predictor import _onnx_session
+            from facemark.inference.predictor import onnx_session
 
-            session = _onnx_session(onnx_model_bytes(model.cpu(), layout, crop), device, threads)
+            session = onnx_session(onnx_model_bytes(model.cpu(), layout, crop), device, threads)
             model.to(device)
             name = session.get_inputs()[0].name
             measure("ONNX Runtime", lambda x: session.run(None, {name: x}), lambda x: x.numpy(), ", ".join(session.get_providers()[:1]))

@@ -51,6 +51,7 @@ __all__ = [
     "ModelBundle",
     "Predictor",
     "load_weights",
+    "onnx_session",
     "weights_kind",
     "OFFICIAL_SLPT_KEYS",
     "METADATA_KEY",
@@ -210,7 +211,10 @@ def _metadata_bundle(metadata: dict, path: Path) -> tuple[Layout, CropConvention
         raise ValueError(f"{path}: facemark metadata lacks {error}; re-export it with `facemark export`") from None
 
 
-def _onnx_session(model_bytes_or_path, device: str, num_threads: int | None):
+def onnx_session(model_bytes_or_path, device: str = "cpu", num_threads: int | None = None):
+    """An ONNX Runtime ``InferenceSession`` for an ONNX file path or serialised model bytes, on
+    ``device`` (``"cuda..."`` needs onnxruntime-gpu), with ``num_threads`` intra-op threads (None:
+    ONNX Runtime's default). What the Predictor's ``backend="onnx"`` and ``facemark bench`` run."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -281,7 +285,7 @@ def load_weights(
                 raise ValueError(f"{weights}: ONNX file without facemark metadata (key {METADATA_KEY!r}); export it with `facemark export`")
             metadata = json.loads(props[METADATA_KEY])
             file_layout, file_crop = _metadata_bundle(metadata, Path(weights))
-        session = _onnx_session(str(weights), device, num_threads)
+        session = onnx_session(str(weights), device, num_threads)
         return ModelBundle(_onnx_runner(session), file_layout, file_crop, f"ONNX ({Path(weights).name})", "onnx", None, metadata)
 
     bundle = _load_torch_weights(weights, "cpu" if backend == "onnx" else device, layout, crop_convention)
@@ -289,7 +293,7 @@ def load_weights(
         return bundle
     from facemark.inference.export import onnx_model_bytes
 
-    session = _onnx_session(onnx_model_bytes(bundle.model, bundle.layout, bundle.crop), device, num_threads)
+    session = onnx_session(onnx_model_bytes(bundle.model, bundle.layout, bundle.crop), device, num_threads)
     return ModelBundle(_onnx_runner(session), bundle.layout, bundle.crop, bundle.description + " via ONNX Runtime", "onnx", bundle.model)
 
 
