@@ -337,6 +337,10 @@ class Predictor:
         num_threads: CPU threads (torch: ``torch.set_num_threads``, process-wide; ONNX Runtime:
             this session only). None leaves the defaults.
         layout, crop_convention: for ``nn.Module`` weights (files carry their own).
+
+    Raises :class:`facemark.errors.WeightsError` (a ``ValueError``) when the weights file cannot be
+    used and :class:`facemark.errors.WeightsNotFoundError` (a ``FileNotFoundError``) when it does
+    not exist; either message is one line naming the file.
     """
 
     def __init__(
