@@ -179,11 +179,13 @@ def _load_torch_weights(weights, device: str, layout, crop_convention) -> ModelB
             raise ValueError("Predictor: a model object needs layout= and crop_convention= (a checkpoint file carries both)")
         return _torch_bundle(weights, get_layout(layout), crop_convention, type(weights).__name__, device)
     path = Path(weights)
-    with weights_file_errors(path):
-        return _load_torch_file(path, device, layout, crop_convention)
+    with weights_file_errors(path):  # what reading the file raises, not what moving it to device does
+        model, file_layout, file_crop, description = _read_torch_file(path, layout, crop_convention)
+    return _torch_bundle(model, file_layout, file_crop, description, device)
 
 
-def _load_torch_file(path: Path, device: str, layout, crop_convention) -> ModelBundle:
+def _read_torch_file(path: Path, layout, crop_convention) -> tuple[nn.Module, Layout, CropConvention, str]:
+    """The model (on the CPU), layout, crop convention and description of a torch weights file."""
     kind, state = _inspect_weights(path)
     if kind == "official_slpt":
         from facemark.models.official_slpt import load_official_slpt
@@ -195,12 +197,12 @@ def _load_torch_file(path: Path, device: str, layout, crop_convention) -> ModelB
         if num_points not in official_layouts and layout is None:
             raise ValueError(f"{path}: an authors' SLPT checkpoint with {num_points} points; give layout= (the released ones have 98 or 68)")
         chosen = get_layout(layout) if layout is not None else get_layout(official_layouts[num_points])
-        return _torch_bundle(model, chosen, crop_convention or slpt_crop_convention(), f"authors' SLPT ({path.name})", device)
+        return model, chosen, crop_convention or slpt_crop_convention(), f"authors' SLPT ({path.name})"
     if kind == "facemark":
         from facemark.engine.checkpoint import load_model
 
         loaded = load_model(path)
-        return _torch_bundle(loaded.model, loaded.layout, loaded.crop, loaded.name, device)
+        return loaded.model, loaded.layout, loaded.crop, loaded.name
     raise ValueError(f"{path}: a {kind} file cannot be run with the torch backend; use backend={kind!r}")
 
 
