@@ -20,8 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/facemark demo
 
+# pytest reads -q from pyproject.toml; a second -q here would hide the "N passed" summary line.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

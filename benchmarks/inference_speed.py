@@ -24,7 +24,7 @@ from slpt_speed import alternate_timings, calibrated_models  # noqa: E402
 
 from facemark.data.transforms import slpt_crop_convention  # noqa: E402
 from facemark.inference.export import onnx_model_bytes  # noqa: E402
-from facemark.inference.predictor import _onnx_session  # noqa: E402
+from facemark.inference.predictor import onnx_session  # noqa: E402
 from facemark.layouts import get_layout  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def main() -> None:
 
     model, reference = calibrated_models(args.points, args.layers)
     layout = get_layout("wflw98" if args.points == 98 else "300w68")
-    session = _onnx_session(onnx_model_bytes(model, layout, slpt_crop_convention()), "cpu", args.threads)
+    session = onnx_session(onnx_model_bytes(model, layout, slpt_crop_convention()), "cpu", args.threads)
     image = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     feed = {session.get_inputs()[0].name: image.numpy()}
 

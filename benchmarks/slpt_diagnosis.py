@@ -12,7 +12,7 @@ For ``--faces`` test faces (crops from the checkpoint's convention, no augmentat
 * per stage and layer, the cross-attention (heads averaged) weight on the landmark's own
   (supporting) patch, the largest weight and the entropy (uniform over N patches: log N).
 
-Used for the diagnosis in docs/demo.md ("Open problems").
+Used for the diagnosis of SLPT's slow start in docs/experiments.md.
 """
 from __future__ import annotations
 

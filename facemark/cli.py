@@ -10,11 +10,9 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from facemark.errors import CommandError, WeightsError
+
 __all__ = ["main", "build_parser"]
-
-
-class CommandError(Exception):
-    """A user-facing error: printed as ``facemark <command>: error: ...`` with exit code 2."""
 
 
 # --- facemark layouts -------------------------------------------------------------------------
@@ -193,8 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             _print_dataset_warnings(args.command)
             return int(args.run(args) or 0)
-    except CommandError as error:
-        commands[args.command].error(str(error))  # exits with status 2
+    except (CommandError, WeightsError) as error:
+        # The user's mistake, not facemark's: one line, no traceback, no usage text (argparse's
+        # own errors, about the arguments themselves, print the usage).
+        print(f"{commands[args.command].prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

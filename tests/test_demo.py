@@ -75,7 +75,7 @@ def test_dataset_is_reused_only_when_its_arguments_match(tmp_path):
 
 
 def test_demo_refuses_to_overwrite_a_foreign_folder(tmp_path, capsys):
-    from facemark.cli import CommandError
+    from facemark.errors import CommandError
 
     (tmp_path / "demo" / "data").mkdir(parents=True)
     (tmp_path / "demo" / "data" / "mine.txt").write_text("not a dataset")

@@ -211,6 +211,18 @@ def mean_face_onnx(tmp_path_factory, mean_face) -> str:
     return str(path)
 
 
+def test_onnx_file_picks_the_onnx_backend(mean_face_onnx, astronaut, mean_face):
+    # README: Predictor("model.onnx") works as it is; the .onnx file needs ONNX Runtime.
+    predictor = Predictor(mean_face_onnx, detector=None)
+    assert predictor.backend == predictor.bundle.backend == "onnx"
+    face = predictor.predict(astronaut, [[180, 90, 270, 170]])[0]
+    reference = Predictor(MeanFaceModel(mean_face), layout="wflw98", crop_convention=CropConvention("landmarks", 1.2, 64), detector=None)
+    assert reference.backend == "torch"
+    np.testing.assert_allclose(face.landmarks, reference.predict(astronaut, [[180, 90, 270, 170]])[0].landmarks, atol=1e-3)
+    with pytest.raises(ValueError, match="runs with backend='onnx'"):
+        Predictor(mean_face_onnx, backend="torch", detector=None)
+
+
 def test_predict_command_reports_unreadable_files_and_goes_on(tmp_path, astronaut, mean_face_onnx, capsys):
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
@@ -254,7 +266,7 @@ def test_predict_command_csv_boxes_and_68_points(tmp_path, astronaut, mean_face_
 
     bad = tmp_path / "bad.csv"
     bad.write_text("image,x_min,y_min,x_max,y_max\nastronaut.png,1,2,3\n")
-    from facemark.cli import CommandError
+    from facemark.errors import CommandError
 
     with pytest.raises(CommandError, match=r"bad.csv: line 2: 4 fields, expected 5"):
         run_predict(_predict_args([str(image), "--weights", mean_face_onnx, "--boxes", str(bad), "--out", str(out)]))
@@ -312,6 +324,35 @@ def test_unreadable_video_is_reported(tmp_path, mean_face_onnx, capsys):
     code = run_predict(_predict_args([str(video), "--weights", mean_face_onnx, "--out", str(tmp_path / "out"), "--no-progress"]))
     assert code == 1
     assert "broken.mp4" in capsys.readouterr().err
+
+
+def test_partly_decodable_video_is_a_warning(tmp_path, astronaut, mean_face_onnx, capsys):
+    # 60 MJPG frames, then the file cut at 60 % of its bytes: OpenCV decodes the first ~35 and
+    # ends the stream there as if the video were over; the AVI header still announces 60.
+    frames = [np.ascontiguousarray(np.roll(astronaut, 2 * i, axis=1)[::4, ::4]) for i in range(60)]
+    whole = tmp_path / "whole.avi"
+    _write_video(whole, frames)
+    video = tmp_path / "cut.avi"
+    video.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
+    reader = VideoReader(video)
+    decoded = sum(1 for _ in reader)
+    assert reader.frame_count == 60 and 0 < decoded == reader.frames_read < 60
+    assert f"only {decoded} of the 60 frames" in reader.shortfall() and "cut.avi" in reader.shortfall()
+    complete = VideoReader(whole)
+    assert sum(1 for _ in complete) == 60 and complete.shortfall() is None
+
+    out = tmp_path / "out"
+    code = run_predict(_predict_args([str(video), str(whole), "--weights", mean_face_onnx, "--out", str(out),
+                                      "--detect-every", "0", "--max-faces", "1", "--no-progress"]))
+    captured = capsys.readouterr()
+    assert code == 0  # landmarks for the decoded frames are still written
+    assert f"warning: {video}: only {decoded} of the 60 frames" in captured.err
+    assert f"1 warning(s): {video}: only {decoded} of the 60 frames" in captured.out
+    document = json.loads((out / "predictions.json").read_text())
+    entries = {entry["file"]: entry for entry in document["videos"]}
+    assert (entries[str(video)]["frames_read"], entries[str(video)]["frames_announced"]) == (decoded, 60)
+    assert len(entries[str(video)]["frames"]) == decoded and "only" in entries[str(video)]["warning"]
+    assert entries[str(whole)]["frames_read"] == 60 and "warning" not in entries[str(whole)]
 
 
 # -- One-Euro filter ----------------------------------------------------------------------------------
@@ -404,7 +445,7 @@ def test_predict_reports_dangling_links_and_loops(tmp_path, astronaut, mean_face
 
 
 def test_predict_empty_folder_is_an_error(tmp_path, mean_face_onnx):
-    from facemark.cli import CommandError
+    from facemark.errors import CommandError
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "texts").mkdir()

@@ -21,7 +21,8 @@ from facemark.engine.train import train
 from facemark.inference.export import export_model
 from facemark.inference.predictor import OFFICIAL_SLPT_KEYS, Predictor
 from facemark.models.official_slpt import load_official_slpt
-from facemark.models.weights import WeightsFileError, load_matching_weights
+from facemark.errors import WeightsError
+from facemark.models.weights import load_matching_weights
 
 
 class Payload:
@@ -94,7 +95,7 @@ def test_library_loaders_refuse_payloads_without_running_them(payloads, trained)
             "pretrained backbone": lambda: load_matching_weights(module, path, "ImageNet HRNet"),
         }
         for loader_name, load in loaders.items():
-            with pytest.raises(WeightsFileError) as caught:
+            with pytest.raises(WeightsError) as caught:
                 load()
             assert str(path) in str(caught.value), (name, loader_name)
             assert "pickled Python object" in str(caught.value), (name, loader_name)
@@ -108,7 +109,7 @@ def test_resume_refuses_a_payload_last_checkpoint(payloads, trained, tmp_path):
     shutil.copytree(result.best_checkpoint.parent, run)
     shutil.copy(files["zip checkpoint"], run / "last.pt")
     config = tiny_config(root, run, "optim.epochs=2")
-    with pytest.raises(WeightsFileError, match=r"last\.pt could not be read: it holds pickled Python objects"):
+    with pytest.raises(WeightsError, match=r"last\.pt could not be read: it holds pickled Python objects"):
         train(config, resume=True, methods=TINY_METHODS)
     assert not marker.exists()
 

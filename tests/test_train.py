@@ -283,7 +283,7 @@ def test_evaluate_and_score(fixture_root, tmp_path):
 def test_command_line_arguments_all_have_help(capsys):
     import argparse
 
-    from facemark.cli import CommandError
+    from facemark.errors import CommandError
     from facemark.engine.commands import add_evaluate_arguments, add_score_arguments, add_train_arguments
 
     for add in (add_train_arguments, add_evaluate_arguments, add_score_arguments):

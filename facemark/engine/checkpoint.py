@@ -40,14 +40,11 @@ import torch
 from torch import nn
 
 from facemark.layouts import Layout
-from facemark.models.weights import WeightsFileError, read_weights_file
-
-# A checkpoint that cannot be read; the message names the file.
-CheckpointError = WeightsFileError
+from facemark.errors import WeightsError, WeightsNotFoundError
+from facemark.models.weights import read_weights_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "CheckpointError",
     "read_weights_file",
     "to_plain",
     "from_plain",
@@ -146,15 +143,16 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a facemark checkpoint without running code from it; errors name the file and what is
-    wrong with it (:class:`CheckpointError`, a ``ValueError``; ``FileNotFoundError`` when missing)."""
+    wrong with it (:class:`facemark.errors.WeightsError`, a ``ValueError``; ``WeightsNotFoundError``, a
+    ``FileNotFoundError``, when missing)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise WeightsNotFoundError(f"checkpoint {path} does not exist")
     state = read_weights_file(path, "checkpoint", map_location, allow_numpy=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a facemark checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
+        raise WeightsError(f"{path} is not a facemark checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
     if state.get("version") not in _READABLE_VERSIONS:
-        raise CheckpointError(f"checkpoint {path} has version {state.get('version')!r}; this facemark reads "
+        raise WeightsError(f"checkpoint {path} has version {state.get('version')!r}; this facemark reads "
                               f"{', '.join(map(str, _READABLE_VERSIONS))}")
     return from_plain(state)
 
@@ -198,7 +196,7 @@ def read_resume_checkpoint(output_dir: str | Path, resume_from: str | Path | Non
     path = Path(resume_from) if resume_from is not None else output_dir / "last.pt"
     try:
         return load_checkpoint(path), path
-    except (FileNotFoundError, WeightsFileError) as error:
+    except (FileNotFoundError, WeightsError) as error:
         others = [candidate for candidate in sorted(output_dir.glob("*.pt")) if candidate.resolve() != path.resolve()]
         if not others:
             raise
@@ -274,12 +272,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", methods: Ma
     state = load_checkpoint(path)
     spec = state.get("model_spec")
     if spec is None:
-        raise CheckpointError(f"checkpoint {path} has no 'model_spec' entry; it cannot be rebuilt stand-alone")
+        raise WeightsError(f"checkpoint {path} has no 'model_spec' entry; it cannot be rebuilt stand-alone")
     model = build_model_from_spec(spec, METHODS if methods is None else methods)
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path}: the weights do not fit the model described in it: {error}") from None
+        raise WeightsError(f"checkpoint {path}: the weights do not fit the model described in it: {error}") from None
     model.to(device).eval()
     return LoadedModel(
         model=model,

@@ -3,7 +3,7 @@
 Each ``add_*_arguments(parser)`` adds the subcommand's arguments (every one with a help text) to
 an ``argparse`` parser and returns the function that runs it (``run(args) -> exit code``). Only
 ``argparse`` is imported here; torch and the engine are imported when a command runs, so
-``facemark --help`` stays fast. User errors are raised as ``facemark.cli.CommandError``.
+``facemark --help`` stays fast. User errors are raised as ``facemark.errors.CommandError``.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.N
     def run(args: argparse.Namespace) -> int:
         import yaml
 
-        from facemark.cli import CommandError
+        from facemark.errors import CommandError
         from facemark.engine.config import ConfigError, config_to_dict, load_config
         from facemark.engine.train import TrainingDiverged, train
 
@@ -101,7 +101,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> Callable[[argpars
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from facemark.cli import CommandError
+        from facemark.errors import CommandError
         from facemark.engine.evaluate import default_output_dir, evaluate
 
         try:
@@ -125,7 +125,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.N
     _add_data_arguments(parser, "the dataset and split recorded in the predictions file")
 
     def run(args: argparse.Namespace) -> int:
-        from facemark.cli import CommandError
+        from facemark.errors import CommandError
         from facemark.engine.evaluate import score
 
         try:

@@ -212,7 +212,7 @@ def epochs_for_budget(budget_seconds: float, seconds_per_image: float, train_ima
 
 def lr_drop_epoch(epochs: int) -> int:
     """The epoch after which the demo's lr drops x0.1 in a plan of ``epochs`` (>= 2): for the last
-    eighth of the plan, at least its last epoch. Measured on the demo's data (docs/demo.md): in 8
+    eighth of the plan, at least its last epoch. Measured on the demo's data (docs/experiments.md): in 8
     epochs, a drop for the last epoch only gave SLPT 10.29 % test NME_io against 10.80 % for the
     last quarter (2 epochs), and a cosine decay 13.72 %: the short runs need the high rate for as
     long as possible, then one sharp drop."""
@@ -519,7 +519,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Na
                              "(e.g. optim.batch_size=8 augmentation.preset=none)")
 
     def run(args: argparse.Namespace) -> int:
-        from facemark.cli import CommandError
+        from facemark.errors import CommandError
         from facemark.engine.config import ConfigError
         from facemark.engine.train import TrainingDiverged
 

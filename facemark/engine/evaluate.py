@@ -201,10 +201,12 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None 
     from facemark.data.image_check import check_dataset_images
     from facemark.engine.checkpoint import load_model
     from facemark.engine.distributed import resolve_device
+    from facemark.models.weights import weights_file_errors
 
     checkpoint = Path(checkpoint)
     target = resolve_device(device)
-    loaded = load_model(checkpoint, device=target, methods=methods)
+    with weights_file_errors(checkpoint, "checkpoint"):
+        loaded = load_model(checkpoint, device=target, methods=methods)
     data_config = loaded.config.get("data", {})
     dataset = dataset or data_config.get("dataset")
     split = split or data_config.get("test_split", "test")

@@ -16,7 +16,7 @@ from importlib import import_module
 # argument parsers) does not pull in torch, ONNX and OpenCV when only `--help` is wanted.
 _WHERE = {
     "Predictor": "predictor", "FaceLandmarks": "predictor", "ModelBundle": "predictor",
-    "load_weights": "predictor", "weights_kind": "predictor",
+    "load_weights": "predictor", "weights_kind": "predictor", "onnx_session": "predictor",
     "FaceDetector": "detectors", "HaarFaceDetector": "detectors", "BoxCalibration": "detectors",
     "IDENTITY_CALIBRATION": "detectors", "HAAR_FRONTALFACE_CALIBRATION": "detectors",
     "estimate_calibration": "detectors", "load_boxes": "detectors", "BoxesFromFile": "detectors",
@@ -41,6 +41,7 @@ __all__ = [
     "ModelBundle",
     "load_weights",
     "weights_kind",
+    "onnx_session",
     "FaceDetector",
     "HaarFaceDetector",
     "BoxCalibration",

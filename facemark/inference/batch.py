@@ -151,7 +151,7 @@ def collect_inputs(inputs: list[str]) -> CollectedInputs:
 
 
 def _error(message: str) -> Exception:
-    from facemark.cli import CommandError
+    from facemark.errors import CommandError
 
     return CommandError(message)
 
@@ -160,7 +160,6 @@ def _make_predictor(args: argparse.Namespace):
     from facemark.inference.detectors import IDENTITY_CALIBRATION, BoxCalibration, HaarFaceDetector
     from facemark.inference.predictor import Predictor
 
-    backend = args.backend or ("onnx" if str(args.weights).lower().endswith(".onnx") else "torch")
     try:
         box_calibration = BoxCalibration.parse(args.box_calibration) if args.box_calibration else IDENTITY_CALIBRATION
         detector_calibration = BoxCalibration.parse(args.detector_calibration) if args.detector_calibration else None
@@ -168,7 +167,7 @@ def _make_predictor(args: argparse.Namespace):
         return Predictor(
             args.weights,
             device=args.device,
-            backend=backend,
+            backend=args.backend,  # None: the file's own (ONNX Runtime for .onnx)
             detector=detector,
             detector_calibration=detector_calibration,
             box_calibration=box_calibration,
@@ -194,6 +193,7 @@ class _Results:
         self.skipped_links: list[dict] = []
         self.notes: list[str] = []
         self.drawings = 0  # files written under drawn/
+        self.warnings: list[str] = []  # processed, but not completely (e.g. a partly decodable video)
 
     def header(self) -> dict:
         predictor = self.predictor
@@ -291,7 +291,14 @@ def _process_video(predictor, item, args, results: _Results, drawn_folder: Path 
         if writer is not None:
             writer.close()
             results.drawings += 1
-    results.videos.append({"file": str(item.path), "fps": reader.fps, "smoothing": None if smoothing is None else smoothing.to_dict(), "frames": frames})
+    entry = {"file": str(item.path), "fps": reader.fps, "frames_announced": reader.frame_count, "frames_read": reader.frames_read,
+             "smoothing": None if smoothing is None else smoothing.to_dict()}
+    shortfall = reader.shortfall()
+    if shortfall is not None:
+        entry["warning"] = shortfall
+        results.warnings.append(shortfall)
+        tqdm.write(f"facemark predict: warning: {shortfall}", file=sys.stderr)
+    results.videos.append({**entry, "frames": frames})
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -375,6 +382,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if drawn_folder is not None:
         summary += (f"; {results.drawings} drawing{'s' if results.drawings != 1 else ''} in {drawn_folder}"
                     if results.drawings else "; no drawings written")
+    if results.warnings:
+        summary += f"; {len(results.warnings)} warning(s): " + "; ".join(results.warnings)
     print(summary)
     if results.failed:
         print(f"facemark predict: {len(results.failed)} input(s) failed: " + ", ".join(f["file"] for f in results.failed), file=sys.stderr)

@@ -133,9 +133,9 @@ def _rows_for_device(model, layout, crop, device: str, backends: list[str], batc
     if "onnx" in backends:
         try:
             from facemark.inference.export import onnx_model_bytes
-            from facemark.inference.predictor import _onnx_session
+            from facemark.inference.predictor import onnx_session
 
-            session = _onnx_session(onnx_model_bytes(model.cpu(), layout, crop), device, threads)
+            session = onnx_session(onnx_model_bytes(model.cpu(), layout, crop), device, threads)
             model.to(device)
             name = session.get_inputs()[0].name
             measure("ONNX Runtime", lambda x: session.run(None, {name: x}), lambda x: x.numpy(), ", ".join(session.get_providers()[:1]))
@@ -152,7 +152,7 @@ def run_bench(args: argparse.Namespace) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = sorted(set(backends) - {"eager", "compile", "onnx"})
     if unknown or not backends:
-        from facemark.cli import CommandError
+        from facemark.errors import CommandError
 
         raise CommandError(f"--backends: unknown {unknown}; expected a comma-separated subset of eager, compile, onnx")
     torch.set_num_threads(args.threads)
@@ -161,7 +161,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         bundle = load_weights(args.weights, "cpu", "torch")
         if bundle.model is None:
-            from facemark.cli import CommandError
+            from facemark.errors import CommandError
 
             raise CommandError(f"--weights {args.weights}: time a checkpoint, not an exported file")
         model, layout, crop, description = bundle.model, bundle.layout, bundle.crop, bundle.description
@@ -170,7 +170,7 @@ def run_bench(args: argparse.Namespace) -> int:
         description = f"{PRESETS[args.preset]} (random weights)"
     devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if "cuda" in devices and not torch.cuda.is_available():
-        from facemark.cli import CommandError
+        from facemark.errors import CommandError
 
         raise CommandError("--device cuda: no CUDA device is available to torch")
 

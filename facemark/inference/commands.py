@@ -87,13 +87,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``facemark export``: writes, checks and describes the exported file."""
-    from facemark.cli import CommandError
     from facemark.inference.export import run_export as run
 
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as error:  # unreadable weights: one line, as in predict / evaluate
-        raise CommandError(str(error)) from None
+    return run(args)
 
 
 def run_bench(args: argparse.Namespace) -> int:

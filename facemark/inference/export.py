@@ -11,7 +11,7 @@ The exported model is the network alone (no detector, no crop):
 
 The layout, crop convention and this description are stored as JSON under the key
 ``"facemark"`` (ONNX ``metadata_props``; TorchScript extra file ``facemark.json``), so that
-``Predictor("model.onnx", backend="onnx")`` needs nothing else.
+``Predictor("model.onnx")`` needs nothing else.
 
 ONNX uses the TorchScript-based exporter (``dynamo=False``; the newer exporter needs the
 ``onnxscript`` package) at opset 17. In an export SLPT samples its patches by row gathers (ONNX
@@ -172,7 +172,12 @@ def export_model(
 # -- command line ---------------------------------------------------------------------------------
 def run_export(args: argparse.Namespace) -> int:
     """``facemark export``: write the file, check it, print the input/output contract."""
-    result = export_model(args.weights, args.out, args.format, args.opset, args.layout, check=not args.no_check)
+    from facemark.errors import CommandError
+
+    try:
+        result = export_model(args.weights, args.out, args.format, args.opset, args.layout, check=not args.no_check)
+    except (FileNotFoundError, ValueError) as error:  # unreadable weights (WeightsError), bad options
+        raise CommandError(str(error)) from None
     print(f"wrote {result['path']} ({args.format})")
     if result["max_difference_px"] is not None:
         print(f"check: exported vs torch on a batch of 3, max difference {result['max_difference_px']:.2e} crop px")

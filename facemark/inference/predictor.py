@@ -42,14 +42,16 @@ from facemark.data.transforms import (
     warp_image,
 )
 from facemark.inference.detectors import IDENTITY_CALIBRATION, BoxCalibration, FaceDetector, HaarFaceDetector, check_boxes
+from facemark.errors import WeightsError, WeightsNotFoundError
 from facemark.layouts import Layout, get_layout, wflw98_to_300w68
-from facemark.models.weights import WeightsFileError, read_weights_file
+from facemark.models.weights import read_weights_file, weights_file_errors
 
 __all__ = [
     "FaceLandmarks",
     "ModelBundle",
     "Predictor",
     "load_weights",
+    "onnx_session",
     "weights_kind",
     "OFFICIAL_SLPT_KEYS",
     "METADATA_KEY",
@@ -120,11 +122,11 @@ def _inspect_weights(path: str | Path) -> tuple[str, dict | None]:
     """``(kind, state dict or None)``; see :func:`weights_kind`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise WeightsNotFoundError(f"weights file {path} does not exist")
     if path.suffix.lower() == ".onnx":
         return "onnx", None
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
+        with weights_file_errors(path), zipfile.ZipFile(path) as archive:
             names = archive.namelist()
         if any("/code/" in name for name in names) or any(name.endswith("constants.pkl") for name in names):
             return "torchscript", None
@@ -174,6 +176,13 @@ def _load_torch_weights(weights, device: str, layout, crop_convention) -> ModelB
             raise ValueError("Predictor: a model object needs layout= and crop_convention= (a checkpoint file carries both)")
         return _torch_bundle(weights, get_layout(layout), crop_convention, type(weights).__name__, device)
     path = Path(weights)
+    with weights_file_errors(path):  # what reading the file raises, not what moving it to device does
+        model, file_layout, file_crop, description = _read_torch_file(path, layout, crop_convention)
+    return _torch_bundle(model, file_layout, file_crop, description, device)
+
+
+def _read_torch_file(path: Path, layout, crop_convention) -> tuple[nn.Module, Layout, CropConvention, str]:
+    """The model (on the CPU), layout, crop convention and description of a torch weights file."""
     kind, state = _inspect_weights(path)
     if kind == "official_slpt":
         from facemark.models.official_slpt import load_official_slpt
@@ -185,12 +194,12 @@ def _load_torch_weights(weights, device: str, layout, crop_convention) -> ModelB
         if num_points not in official_layouts and layout is None:
             raise ValueError(f"{path}: an authors' SLPT checkpoint with {num_points} points; give layout= (the released ones have 98 or 68)")
         chosen = get_layout(layout) if layout is not None else get_layout(official_layouts[num_points])
-        return _torch_bundle(model, chosen, crop_convention or slpt_crop_convention(), f"authors' SLPT ({path.name})", device)
+        return model, chosen, crop_convention or slpt_crop_convention(), f"authors' SLPT ({path.name})"
     if kind == "facemark":
         from facemark.engine.checkpoint import load_model
 
         loaded = load_model(path)
-        return _torch_bundle(loaded.model, loaded.layout, loaded.crop, loaded.name, device)
+        return loaded.model, loaded.layout, loaded.crop, loaded.name
     raise ValueError(f"{path}: a {kind} file cannot be run with the torch backend; use backend={kind!r}")
 
 
@@ -201,7 +210,10 @@ def _metadata_bundle(metadata: dict, path: Path) -> tuple[Layout, CropConvention
         raise ValueError(f"{path}: facemark metadata lacks {error}; re-export it with `facemark export`") from None
 
 
-def _onnx_session(model_bytes_or_path, device: str, num_threads: int | None):
+def onnx_session(model_bytes_or_path, device: str = "cpu", num_threads: int | None = None):
+    """An ONNX Runtime ``InferenceSession`` for an ONNX file path or serialised model bytes, on
+    ``device`` (``"cuda..."`` needs onnxruntime-gpu), with ``num_threads`` intra-op threads (None:
+    ONNX Runtime's default). What the Predictor's ``backend="onnx"`` and ``facemark bench`` run."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -230,13 +242,14 @@ def _onnx_runner(session) -> Callable[[np.ndarray], np.ndarray]:
 def load_weights(
     weights,
     device: str = "cpu",
-    backend: str = "torch",
+    backend: str | None = None,
     layout: str | Layout | None = None,
     crop_convention: CropConvention | None = None,
     num_threads: int | None = None,
     trust_torchscript: bool = False,
 ) -> ModelBundle:
-    """Load ``weights`` (see the module docstring) for ``backend`` ``"torch"`` or ``"onnx"``.
+    """Load ``weights`` (see the module docstring) for ``backend`` ``"torch"`` or ``"onnx"``;
+    ``None`` picks the one the file needs: ONNX Runtime for ``.onnx`` files, torch otherwise.
 
     With ``backend="onnx"`` and torch weights, the model is exported to ONNX in memory first, so
     any facemark or authors' checkpoint runs in ONNX Runtime without a separate export step.
@@ -245,25 +258,28 @@ def load_weights(
     program (its ``code/`` is executed by TorchScript's interpreter), so it is run only with
     ``trust_torchscript=True``; ONNX files are graphs of standard operators and need no such trust.
     """
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"Predictor: backend must be 'torch' or 'onnx', got {backend!r}")
+    if backend not in (None, "torch", "onnx"):
+        raise ValueError(f"Predictor: backend must be 'torch', 'onnx' or None (the file's own), got {backend!r}")
     kind = "module" if isinstance(weights, nn.Module) else weights_kind(weights)
+    if backend is None:
+        backend = "onnx" if kind == "onnx" else "torch"
     if kind == "torchscript":
         if backend != "torch":
             raise ValueError(f"{weights}: a TorchScript file runs with backend='torch'")
         if not trust_torchscript:
-            raise WeightsFileError(
+            raise WeightsError(
                 f"{weights} is a TorchScript program: running it executes the code it holds, and facemark does not "
                 "run code from a file unless told to. For a file you exported yourself, pass trust_torchscript=True "
                 "(command line: --trust-torchscript); or use the checkpoint, or an .onnx export")
         extra = {METADATA_KEY + ".json": ""}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in torch >= 2.10
-            model = torch.jit.load(str(weights), map_location=device, _extra_files=extra)
-        if not extra[METADATA_KEY + ".json"]:
-            raise ValueError(f"{weights}: TorchScript file without facemark metadata; export it with `facemark export`")
-        metadata = json.loads(extra[METADATA_KEY + ".json"])
-        file_layout, file_crop = _metadata_bundle(metadata, Path(weights))
+        with weights_file_errors(weights):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in torch >= 2.10
+                model = torch.jit.load(str(weights), map_location=device, _extra_files=extra)
+            if not extra[METADATA_KEY + ".json"]:
+                raise ValueError(f"{weights}: TorchScript file without facemark metadata; export it with `facemark export`")
+            metadata = json.loads(extra[METADATA_KEY + ".json"])
+            file_layout, file_crop = _metadata_bundle(metadata, Path(weights))
         model.eval()
         return ModelBundle(_torch_runner(model, torch.device(device)), file_layout, file_crop, f"TorchScript ({Path(weights).name})", "torchscript", None, metadata)
     if kind == "onnx":
@@ -271,13 +287,14 @@ def load_weights(
             raise ValueError(f"{weights}: an ONNX file runs with backend='onnx'")
         import onnx
 
-        proto = onnx.load(str(weights), load_external_data=False)
-        props = {p.key: p.value for p in proto.metadata_props}
-        if METADATA_KEY not in props:
-            raise ValueError(f"{weights}: ONNX file without facemark metadata (key {METADATA_KEY!r}); export it with `facemark export`")
-        metadata = json.loads(props[METADATA_KEY])
-        file_layout, file_crop = _metadata_bundle(metadata, Path(weights))
-        session = _onnx_session(str(weights), device, num_threads)
+        with weights_file_errors(weights):
+            proto = onnx.load(str(weights), load_external_data=False)
+            props = {p.key: p.value for p in proto.metadata_props}
+            if METADATA_KEY not in props:
+                raise ValueError(f"{weights}: ONNX file without facemark metadata (key {METADATA_KEY!r}); export it with `facemark export`")
+            metadata = json.loads(props[METADATA_KEY])
+            file_layout, file_crop = _metadata_bundle(metadata, Path(weights))
+        session = onnx_session(str(weights), device, num_threads)
         return ModelBundle(_onnx_runner(session), file_layout, file_crop, f"ONNX ({Path(weights).name})", "onnx", None, metadata)
 
     bundle = _load_torch_weights(weights, "cpu" if backend == "onnx" else device, layout, crop_convention)
@@ -285,7 +302,7 @@ def load_weights(
         return bundle
     from facemark.inference.export import onnx_model_bytes
 
-    session = _onnx_session(onnx_model_bytes(bundle.model, bundle.layout, bundle.crop), device, num_threads)
+    session = onnx_session(onnx_model_bytes(bundle.model, bundle.layout, bundle.crop), device, num_threads)
     return ModelBundle(_onnx_runner(session), bundle.layout, bundle.crop, bundle.description + " via ONNX Runtime", "onnx", bundle.model)
 
 
@@ -310,7 +327,8 @@ class Predictor:
         weights: a facemark checkpoint, an authors' SLPT checkpoint, an exported ``.onnx`` /
             TorchScript file, or an ``nn.Module`` (then give ``layout`` and ``crop_convention``).
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"``...).
-        backend: ``"torch"`` or ``"onnx"`` (ONNX Runtime; torch weights are converted in memory).
+        backend: ``"torch"``, ``"onnx"`` (ONNX Runtime; torch weights are converted in memory) or
+            None (default): ONNX Runtime for an ``.onnx`` file, torch for everything else.
         detector: finds faces when no boxes are given: ``"haar"`` (OpenCV's cascade, default), any
             object with ``detect(image) -> (n, 4|5) boxes`` (:class:`~facemark.inference.detectors.FaceDetector`),
             or None (then every call must give boxes).
@@ -330,13 +348,17 @@ class Predictor:
         layout, crop_convention: for ``nn.Module`` weights (files carry their own).
         trust_torchscript: run a TorchScript file (a program; refused by default, see
             :func:`load_weights`). Checkpoints are always read without running code from them.
+
+    Raises :class:`facemark.errors.WeightsError` (a ``ValueError``) when the weights file cannot be
+    used and :class:`facemark.errors.WeightsNotFoundError` (a ``FileNotFoundError``) when it does
+    not exist; either message is one line naming the file.
     """
 
     def __init__(
         self,
         weights,
         device: str = "cpu",
-        backend: str = "torch",
+        backend: str | None = None,
         detector: str | FaceDetector | None = "haar",
         detector_calibration: BoxCalibration | None = None,
         box_calibration: BoxCalibration = IDENTITY_CALIBRATION,
@@ -348,13 +370,13 @@ class Predictor:
         crop_convention: CropConvention | None = None,
         trust_torchscript: bool = False,
     ) -> None:
-        if num_threads is not None and backend == "torch":
-            torch.set_num_threads(num_threads)
         self.bundle = load_weights(weights, device, backend, layout, crop_convention, num_threads, trust_torchscript)
+        if num_threads is not None and self.bundle.backend != "onnx":  # ONNX Runtime got them per session
+            torch.set_num_threads(num_threads)
         self.layout = self.bundle.layout
         self.crop = self.bundle.crop
         self.device = device
-        self.backend = backend
+        self.backend = self.bundle.backend
         if isinstance(detector, str):
             if detector != "haar":
                 raise ValueError(f"Predictor: detector must be 'haar', a detector object or None, got {detector!r}")

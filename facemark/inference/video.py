@@ -214,7 +214,12 @@ def _match(detections: np.ndarray, tracks: np.ndarray, min_iou: float) -> dict[i
 
 # -- video files ------------------------------------------------------------------------------------
 class VideoReader:
-    """Frames of a video file as ``(H, W, 3)`` uint8 RGB; errors name the file."""
+    """Frames of a video file as ``(H, W, 3)`` uint8 RGB; errors name the file.
+
+    ``frame_count`` is the number of frames the container announces (None when it does not say);
+    after iterating, ``frames_read`` is the number decoded and :meth:`shortfall` says whether a
+    truncated or damaged file stopped decoding early (OpenCV just ends the stream there).
+    """
 
     def __init__(self, path: str | Path) -> None:
         import cv2
@@ -229,20 +234,28 @@ class VideoReader:
         self.fps = float(fps) if fps and np.isfinite(fps) and fps > 0 else 30.0
         count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 else None
+        self.frames_read = 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
         import cv2
 
-        read = 0
         while True:
             ok, frame = self.capture.read()
             if not ok:
                 break
-            read += 1
+            self.frames_read += 1
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         self.capture.release()
-        if read == 0:
+        if self.frames_read == 0:
             raise ValueError(f"video file {self.path}: no frame could be decoded")
+
+    def shortfall(self) -> str | None:
+        """After iterating: a one-line warning naming the file when fewer frames were decoded
+        than the container announces, else None."""
+        if self.frame_count is None or self.frames_read >= self.frame_count:
+            return None
+        return (f"{self.path}: only {self.frames_read} of the {self.frame_count} frames the file announces could be "
+                f"decoded (truncated or damaged file?); landmarks cover frames 0-{self.frames_read - 1}")
 
 
 class VideoWriter:

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from facemark.models.slpt import SLPT, SLPTConfig, load_official_mean_face
-from facemark.models.weights import WeightsFileError, read_weights_file
+from facemark.errors import WeightsError
+from facemark.models.weights import read_weights_file
 
 __all__ = [
     "OFFICIAL_TO_FACEMARK",
@@ -61,7 +62,7 @@ _OFFICIAL_LAYER = re.compile(r"^Transformer\.Transformer_block\.layers\.(\d+)\.(
 _FACEMARK_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
-class OfficialCheckpointError(WeightsFileError):
+class OfficialCheckpointError(WeightsError):
     """A checkpoint does not fit the model; the message lists every offending key."""
 
 

@@ -247,7 +247,7 @@ def mobilenet_v2_050_fused(out_channels: int = 128) -> MultiScaleFusion:
     """:func:`mobilenet_v2_fused` at half width (C2..C4: 16 + 16 + 48 = 80 channels): the demo's
     backbone. With 128 crops, batch 16 and channels-last on a 2-core CPU a training step of the
     fast preset is ~1.7x faster than at full width, which buys more epochs in a fixed time budget
-    than the width costs in accuracy (docs/demo.md)."""
+    than the width costs in accuracy (docs/experiments.md)."""
     return mobilenet_v2_fused(out_channels, width_mult=0.5)
 
 

@@ -10,24 +10,23 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["WeightsFileError", "read_weights_file", "read_state_dict", "load_matching_weights"]
+from facemark.errors import WeightsError, WeightsNotFoundError
+
+__all__ = ["read_weights_file", "read_state_dict", "load_matching_weights", "weights_file_errors"]
 
 logger = logging.getLogger(__name__)
 
 # Prefixes that wrapping adds to key names: DataParallel ("module.") and a model holding the
 # network as its backbone ("backbone.").
 _WRAPPER_PREFIXES = ("module.", "backbone.")
-
-
-class WeightsFileError(ValueError):
-    """A weights or checkpoint file that cannot be read or used; the message names the file."""
 
 
 def _numpy_reconstruction_globals() -> list:
@@ -54,7 +53,7 @@ def read_weights_file(path: str | Path, what: str = "weights", map_location: str
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} file {path} does not exist")
+        raise WeightsNotFoundError(f"{what} file {path} does not exist")
     try:
         with warnings.catch_warnings():
             # Files pickled with protocol > 2 (plain pickle.dump) get a warning from the restricted
@@ -72,7 +71,29 @@ def read_weights_file(path: str | Path, what: str = "weights", map_location: str
                       "facemark never runs code from a weights file")
         else:
             reason = f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"
-        raise WeightsFileError(f"{what} file {path} could not be read: {reason}") from None
+        raise WeightsError(f"{what} file {path} could not be read: {reason}") from None
+
+
+@contextmanager
+def weights_file_errors(path: str | Path, what: str = "weights file") -> Iterator[None]:
+    """Around the code that reads and uses the weights file ``path``: any failure there becomes a
+    one-line :class:`~facemark.errors.WeightsError` naming the file (a missing file:
+    :class:`~facemark.errors.WeightsNotFoundError`), whatever the reader raised (pickle, zip,
+    protobuf and TorchScript errors all differ). The original error's type and first line are
+    kept in the message."""
+    try:
+        yield
+    except WeightsError:
+        raise
+    except Exception as error:  # noqa: BLE001 -- every reader's failure, named once
+        lines = str(error).strip().splitlines()
+        first = lines[0].strip() if lines else ""
+        if isinstance(error, FileNotFoundError):
+            raise WeightsNotFoundError(first if str(path) in first else f"{what} {path} does not exist") from None
+        if str(path) in first:  # the reader already named the file (facemark's own loaders do)
+            raise WeightsError(first) from None
+        detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+        raise WeightsError(f"{what} {path} could not be read ({detail})") from None
 
 
 def read_state_dict(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -80,7 +101,7 @@ def read_state_dict(path: str | Path, what: str, map_location: str | torch.devic
     entry) with ``weights_only=True``; ``what`` names the weights in the errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} weights not found: {path} (facemark never downloads weights)")
+        raise WeightsNotFoundError(f"{what} weights not found: {path} (facemark never downloads weights)")
     loaded = read_weights_file(path, f"{what} weights", map_location)
     if isinstance(loaded, dict):
         for wrapper_key in ("state_dict", "model"):
@@ -88,7 +109,7 @@ def read_state_dict(path: str | Path, what: str, map_location: str | torch.devic
                 loaded = loaded[wrapper_key]
                 break
     if not isinstance(loaded, dict):
-        raise WeightsFileError(f"{path}: expected a state dict (name -> tensor), got {type(loaded).__name__}")
+        raise WeightsError(f"{path}: expected a state dict (name -> tensor), got {type(loaded).__name__}")
     return loaded
 
 
