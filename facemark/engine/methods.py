@@ -112,29 +112,43 @@ def _slpt_loss(layout: Layout, statistics: Mapping, image_size: int, *,
 
 
 # -- SDFL (graph head) and the FC baseline -------------------------------------------------------
-def _sdfl_statistics(shapes: TrainingShapes, layout: Layout, *, neighbours: int = 3) -> dict:
-    from facemark.models.sdfl import build_neighbourhood
+SDFL_GRAPHS = ("computed", "release")
 
-    # Sec. III-B, eq. 1-2: top-k Pearson correlations of the training shapes' x and y coordinates.
-    return {"neighbourhood": build_neighbourhood(shapes.original, k=neighbours)}
+
+def _sdfl_statistics(shapes: TrainingShapes, layout: Layout, *, neighbours: int = 3, graph: str = "computed") -> dict:
+    from facemark.models.sdfl import build_neighbourhood, release_neighbourhood
+
+    if graph == "computed":
+        # Sec. III-B, eq. 1-2: top-k Pearson correlations of the training shapes' x and y coordinates.
+        return {"neighbourhood": build_neighbourhood(shapes.original, k=neighbours)}
+    if graph == "release":
+        # The release's shipped graph for this layout (WFLW top-3 lists, hand-made 68 / 29 points),
+        # symmetrised with self-loops as its graph layers use it; `neighbours` does not apply.
+        try:
+            return {"neighbourhood": release_neighbourhood(layout.name)}
+        except ValueError as error:
+            raise ConfigError(f"config key 'model.options.graph': {error}") from None
+    raise ConfigError(f"config key 'model.options.graph': expected one of {list(SDFL_GRAPHS)}, got {graph!r}")
 
 
 def _sdfl_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
-                neighbours: int = 3, adjacency: str = "dynamic", hidden_features: int = 128,
+                neighbours: int = 3, graph: str = "computed", adjacency: str = "dynamic", hidden_features: int = 128,
                 num_blocks: int = 4, expansion: int = 4, bn_momentum: float = 0.1) -> nn.Module:
     from facemark.models.sdfl import sdfl_graph_model
 
-    del neighbours  # used by _sdfl_statistics only
+    del neighbours, graph  # used by _sdfl_statistics only
     return sdfl_graph_model(layout.num_points, statistics["neighbourhood"], backbone=backbone, adjacency=adjacency,
                             input_size=image_size, hidden_features=hidden_features, num_blocks=num_blocks,
                             expansion=expansion, bn_momentum=bn_momentum)
 
 
 def _fc_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
-              neighbours: int = 3, hidden_features: int = 256, bn_momentum: float = 0.1) -> nn.Module:
+              neighbours: int = 3, graph: str = "computed", hidden_features: int = 256,
+              bn_momentum: float = 0.1) -> nn.Module:
     from facemark.models.sdfl import sdfl_fc_model
 
-    del neighbours  # used by _sdfl_statistics only (the relative-location loss needs the graph)
+    # neighbours, graph: used by _sdfl_statistics only (the relative-location loss needs the graph)
+    del neighbours, graph
     return sdfl_fc_model(layout.num_points, backbone=backbone, input_size=image_size,
                          hidden_features=hidden_features, bn_momentum=bn_momentum,
                          neighbourhood=statistics["neighbourhood"])

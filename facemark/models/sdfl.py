@@ -49,7 +49,8 @@ from facemark.models.losses import relative_location_loss, soft_wing_loss, unifo
 __all__ = [
     # neighbourhood
     "landmark_correlation", "build_neighbourhood", "read_neighbour_lists", "write_neighbour_lists",
-    "neighbourhood_from_lists", "neighbour_lists", "release_wflw98_neighbourhood", "plot_neighbourhood",
+    "neighbourhood_from_lists", "neighbour_lists", "RELEASE_GRAPHS", "release_neighbourhood",
+    "release_wflw98_neighbourhood", "plot_neighbourhood",
     "export_neighbourhood",
     # modules
     "NodeEmbedding", "DynamicAdjacency", "GraphConv", "ReleaseGraphConv", "GraphConvBNReLU",
@@ -215,15 +216,40 @@ def neighbourhood_from_lists(lists: Sequence[Sequence[int]], symmetric: bool = T
     return neighbourhood
 
 
+# Layout name -> the SDFL release's graph for it, shipped in facemark/resources as neighbour lists.
+# The release picks its graph by the number of points (utils/graph_utils.py adj_matrix_from_num_points):
+# WFLW's precomputed top-3 lists (its configs set top_k: 3), hand-made graphs for 68 and 29 points.
+RELEASE_GRAPHS = {
+    "wflw98": "sdfl_wflw98_top3_neighbours.txt",
+    "300w68": "sdfl_300w68_graph.txt",
+    "cofw29": "sdfl_cofw29_graph.txt",
+}
+
+
+def release_neighbourhood(layout_name: str, symmetric: bool = True, self_loops: bool = True) -> np.ndarray:
+    """The SDFL release's landmark graph for ``layout_name`` (a key of :data:`RELEASE_GRAPHS`).
+
+    Default: symmetrised (union of both directions) + self-loops, the non-zero pattern of the
+    release's row-normalised adjacency (its graph layers use only that pattern: a softmax of
+    learned edge weights over the non-zeros). WFLW: 470 non-zeros; 300W (68 points, 99 edges):
+    266; COFW (29 points, 52 edges): 133. ``symmetric=False, self_loops=False`` gives the edges as
+    the release's files list them (WFLW: the directed top-3 graph its Laplacian loss uses).
+    """
+    if layout_name not in RELEASE_GRAPHS:
+        raise ValueError(f"the SDFL release has graphs for layouts {sorted(RELEASE_GRAPHS)}, not {layout_name!r}; "
+                         "use model.options.graph=computed (built from the training shapes)")
+    with resources.as_file(resources.files("facemark.resources") / RELEASE_GRAPHS[layout_name]) as path:
+        lists = read_neighbour_lists(path)
+    return neighbourhood_from_lists(lists, symmetric=symmetric, self_loops=self_loops)
+
+
 def release_wflw98_neighbourhood(symmetric: bool = True, self_loops: bool = True) -> np.ndarray:
     """The WFLW k = 3 graph shipped with the SDFL release (``facemark/resources/sdfl_wflw98_top3_neighbours.txt``).
 
     Default: symmetrised + self-loops, as the release's graph layers use it (470 non-zeros, 4 to 8
     per row). ``symmetric=False`` gives the directed top-3 graph the release's Laplacian loss uses.
     """
-    with resources.as_file(resources.files("facemark.resources") / "sdfl_wflw98_top3_neighbours.txt") as path:
-        lists = read_neighbour_lists(path)
-    return neighbourhood_from_lists(lists, symmetric=symmetric, self_loops=self_loops)
+    return release_neighbourhood("wflw98", symmetric=symmetric, self_loops=self_loops)
 
 
 def plot_neighbourhood(neighbourhood: np.ndarray, mean_shape: np.ndarray, ax=None, layout=None, title: str | None = None):
