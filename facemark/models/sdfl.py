@@ -328,9 +328,12 @@ def _check_neighbourhood(neighbourhood: torch.Tensor | np.ndarray, num_points: i
 
 def _scatter_edge_logits(values: torch.Tensor, edge_rows: torch.Tensor, edge_cols: torch.Tensor, num_points: int) -> torch.Tensor:
     """(..., E) edge values -> (..., N, N) with the values at the edges and -inf elsewhere."""
-    logits = values.new_full(values.shape[:-1] + (num_points, num_points), float("-inf"))
-    logits[..., edge_rows, edge_cols] = values
-    return logits
+    # A scatter into the flattened N x N matrix: ONNX exports it as ScatterElements (the
+    # advanced-indexing assignment ``logits[..., rows, cols] = values`` exports to an invalid graph).
+    leading = values.shape[:-1]
+    flat_index = (edge_rows * num_points + edge_cols).expand(leading + edge_rows.shape)
+    logits = values.new_full(leading + (num_points * num_points,), float("-inf"))
+    return logits.scatter(-1, flat_index, values).reshape(leading + (num_points, num_points))
 
 
 # =============================================================================================
@@ -450,8 +453,10 @@ class ReleaseGraphConv(nn.Module):
 
     def forward(self, x: torch.Tensor, adjacency: torch.Tensor | None = None) -> torch.Tensor:
         normalised = self.adjacency()
-        self_weight = torch.diagonal(normalised)
-        neighbour_weights = normalised - torch.diag(self_weight)
+        # Split A into its diagonal and the rest with an identity mask (ONNX has no aten::diag).
+        eye = torch.eye(self.num_points, dtype=normalised.dtype, device=normalised.device)
+        self_weight = (normalised * eye).sum(dim=-1)
+        neighbour_weights = normalised * (1 - eye)
         own = torch.matmul(x, self.weight[0])
         neighbours = torch.matmul(x, self.weight[1])
         return self_weight[:, None] * own + torch.matmul(neighbour_weights, neighbours) + self.bias
