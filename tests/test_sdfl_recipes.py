@@ -144,14 +144,42 @@ def test_graph_option_of_the_sdfl_methods(tmp_path):
     for method in ("sdfl", "fc"):
         statistics = compute_method_statistics(METHODS[method], shapes, layout, {"graph": "release", "neighbours": 5})
         assert np.array_equal(statistics["neighbourhood"], release_neighbourhood("300w68"))
+        assert np.array_equal(statistics["laplacian_graph"], release_neighbourhood("300w68", symmetric=False, self_loops=False))
     computed = compute_method_statistics(METHODS["sdfl"], shapes, layout, {"neighbours": 3})
     assert (computed["neighbourhood"].sum(axis=1) == 4).all()  # eq. 2: self + top 3, the default
+    assert "laplacian_graph" not in computed
     with pytest.raises(ConfigError, match="model.options.graph.*expected one of"):
         compute_method_statistics(METHODS["sdfl"], shapes, layout, {"graph": "hand_made"})
     other = get_layout("wflw98").to_dict()
     other["name"] = "my98"
     with pytest.raises(ConfigError, match="model.options.graph.*not 'my98'.*graph=computed"):
         compute_method_statistics(METHODS["sdfl"], shapes, type(layout).from_dict(other), {"graph": "release"})
+
+
+def test_release_graph_trains_the_relative_loss_on_the_release_laplacian():
+    # The release's Laplacian loss (losses/wing_loss.py there) takes each listed edge in its file's
+    # direction, weight 1 / (listed edges of the point); a point with none keeps its own position.
+    from facemark.models.sdfl import SDFLOutput, sdfl_loss_terms
+
+    layout = get_layout("300w68")
+    shapes = TrainingShapes(original=np.zeros((3, 68, 2)), crop=np.zeros((3, 68, 2)))
+    statistics = compute_method_statistics(METHODS["sdfl"], shapes, layout, {"graph": "release"})
+    listed = statistics["laplacian_graph"]
+    expected = np.eye(68)
+    for i in range(68):
+        targets = np.flatnonzero(listed[i])
+        expected[i, targets] = -1.0 / len(targets) if len(targets) else 0.0
+    assert (listed.sum(axis=1) == 0).sum() == 3  # points with no listed edge
+    expected = torch.as_tensor(expected, dtype=torch.float32)
+
+    generator = torch.Generator().manual_seed(0)
+    prediction, target = torch.rand(2, 68, 2, generator=generator), torch.rand(2, 68, 2, generator=generator)
+    loss = METHODS["sdfl"].build_loss(layout, statistics, 64, relative_weight=1.0)
+    by_hand = sdfl_loss_terms(SDFLOutput(prediction), target, crop_size=64, laplacian=expected)
+    torch.testing.assert_close(loss(SDFLOutput(prediction), target), by_hand["total"])
+    on_head_graph = sdfl_loss_terms(SDFLOutput(prediction), target, crop_size=64,
+                                    neighbourhood=torch.as_tensor(statistics["neighbourhood"]))
+    assert not torch.allclose(by_hand["relative"], on_head_graph["relative"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,6 +248,8 @@ def test_paper_recipe_follows_the_release_and_runs_end_to_end(recipe, imagenet_f
     assert spec["crop"]["normalisation"] == "per_image_zscore_bgr"
     layout_name = spec["layout"]["name"]
     assert np.array_equal(np.asarray(spec["statistics"]["neighbourhood"]), release_neighbourhood(layout_name))
+    assert np.array_equal(np.asarray(spec["statistics"]["laplacian_graph"]),
+                          release_neighbourhood(layout_name, symmetric=False, self_loops=False))
     assert config.data.test_split == test_split
     if config.model.pretrained is not None:
         assert str(imagenet_file) in (tmp_path / "run" / "train.log").read_text()

@@ -122,10 +122,13 @@ def _sdfl_statistics(shapes: TrainingShapes, layout: Layout, *, neighbours: int 
         # Sec. III-B, eq. 1-2: top-k Pearson correlations of the training shapes' x and y coordinates.
         return {"neighbourhood": build_neighbourhood(shapes.original, k=neighbours)}
     if graph == "release":
-        # The release's shipped graph for this layout (WFLW top-3 lists, hand-made 68 / 29 points),
-        # symmetrised with self-loops as its graph layers use it; `neighbours` does not apply.
+        # The release's shipped graph for this layout (WFLW top-3 lists, hand-made 68 / 29 points):
+        # symmetrised with self-loops for the head, as its graph layers use it; its Laplacian loss
+        # takes the edges as listed, in one direction (its losses/wing_loss.py). `neighbours` does
+        # not apply.
         try:
-            return {"neighbourhood": release_neighbourhood(layout.name)}
+            return {"neighbourhood": release_neighbourhood(layout.name),
+                    "laplacian_graph": release_neighbourhood(layout.name, symmetric=False, self_loops=False)}
         except ValueError as error:
             raise ConfigError(f"config key 'model.options.graph': {error}") from None
     raise ConfigError(f"config key 'model.options.graph': expected one of {list(SDFL_GRAPHS)}, got {graph!r}")
@@ -164,12 +167,18 @@ def _sdfl_loss(layout: Layout, statistics: Mapping, image_size: int, *,
     if point_loss not in point_losses:
         raise ConfigError(f"config key 'loss.options.point_loss': expected one of {list(point_losses)}, got {point_loss!r}")
     neighbourhood = torch.as_tensor(np.asarray(statistics["neighbourhood"]))
+    laplacian = None
+    if "laplacian_graph" in statistics:
+        # The release's Laplacian (graph=release): uniform weights over each point's listed edges;
+        # a point its lists give no neighbour keeps only its own position, as there.
+        laplacian = losses.uniform_laplacian(torch.as_tensor(np.asarray(statistics["laplacian_graph"])),
+                                             allow_isolated=True)
 
     # Eq. 10: Soft Wing on absolute positions + relative_weight x Soft Wing on the Laplacian
     # coordinates (eq. 6-7), in crop pixels.
     def loss(output, target: torch.Tensor) -> torch.Tensor:
         return sdfl_loss(output, target, crop_size=image_size, neighbourhood=neighbourhood,
-                         point_loss=point_losses[point_loss], relative_weight=relative_weight)
+                         point_loss=point_losses[point_loss], relative_weight=relative_weight, laplacian=laplacian)
 
     return loss
 

@@ -833,14 +833,15 @@ def sdfl_model_from_state_dict(config: dict, state_dict: dict) -> SDFLModel:
 def sdfl_loss_terms(output: SDFLOutput, target: torch.Tensor, crop_size: float = 256,
                     neighbourhood: torch.Tensor | None = None,
                     point_loss: Callable[[torch.Tensor], torch.Tensor] = soft_wing_loss,
-                    relative_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                    relative_weight: float = 1.0, laplacian: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The two terms of eq. 10 in crop pixels: ``{"absolute", "relative", "total"}``.
 
     ``target`` is (B, N, 2) in normalised crop coordinates, like ``output.landmarks``; both are
     multiplied by ``crop_size`` so Soft Wing's thresholds (2 and 20 px) mean pixels of the crop.
     Each term is averaged over batch, points and x/y (as the release does; eq. 10's sum over points
-    only rescales the loss). ``relative`` uses the uniform Laplacian of ``neighbourhood`` (eq. 7);
-    with ``relative_weight=0`` it is skipped and no neighbourhood is needed.
+    only rescales the loss). ``relative`` uses the uniform Laplacian of ``neighbourhood`` (eq. 7),
+    or the (N, N) matrix ``laplacian`` when given (e.g. the release's, on its one-direction edge
+    lists); with ``relative_weight=0`` it is skipped and neither is needed.
     """
     prediction = output.landmarks
     if prediction.shape != target.shape:
@@ -851,9 +852,11 @@ def sdfl_loss_terms(output: SDFLOutput, target: torch.Tensor, crop_size: float =
     terms = {"absolute": absolute}
     total = absolute
     if relative_weight:
-        if neighbourhood is None:
-            raise ValueError("sdfl_loss: relative_weight != 0 needs the neighbourhood (e.g. model.neighbourhood)")
-        laplacian = uniform_laplacian(neighbourhood.to(prediction.device))
+        if laplacian is None:
+            if neighbourhood is None:
+                raise ValueError("sdfl_loss: relative_weight != 0 needs the neighbourhood (e.g. model.neighbourhood)")
+            laplacian = uniform_laplacian(neighbourhood.to(prediction.device))
+        laplacian = laplacian.to(prediction.device)
         relative = relative_location_loss(prediction_px, target_px, laplacian, point_loss).mean()
         terms["relative"] = relative
         total = total + relative_weight * relative
@@ -864,9 +867,9 @@ def sdfl_loss_terms(output: SDFLOutput, target: torch.Tensor, crop_size: float =
 def sdfl_loss(output: SDFLOutput, target: torch.Tensor, crop_size: float = 256,
               neighbourhood: torch.Tensor | None = None,
               point_loss: Callable[[torch.Tensor], torch.Tensor] = soft_wing_loss,
-              relative_weight: float = 1.0) -> torch.Tensor:
+              relative_weight: float = 1.0, laplacian: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 10: Soft Wing on absolute positions + ``relative_weight`` x Soft Wing on Laplacian coordinates."""
-    return sdfl_loss_terms(output, target, crop_size, neighbourhood, point_loss, relative_weight)["total"]
+    return sdfl_loss_terms(output, target, crop_size, neighbourhood, point_loss, relative_weight, laplacian)["total"]
 
 
 # =============================================================================================
