@@ -6,8 +6,9 @@ relational network* turns it into landmark coordinates:
 1. **Node embedding** (Sec. III-A): two conv-BN-ReLU blocks map the C-channel map to ``n * N``
    channels (n = 4), reshaped to N node features of size ``n * H * W`` (256 for an 8 x 8 map).
 2. **Neighbourhood** (Sec. III-B, eq. 1-2): a binary (N, N) matrix ``M`` built once from the
-   training shapes (top k+1 Pearson correlations per row, self included). It is a buffer of the
-   model (saved in its ``state_dict``), never re-derived at load time.
+   training shapes (top k+1 Pearson correlations per row, self included), or the release's
+   shipped graph (:func:`release_neighbourhood`: WFLW top-3 lists, hand-made 68 / 29 points). It
+   is a buffer of the model (saved in its ``state_dict``), never re-derived at load time.
 3. **Dynamic adjacency** (Sec. III-B): global average pooling + two FC layers give one weight per
    non-zero of ``M`` per image; ``sigma`` is a row-wise softmax over the neighbourhood (eq. 4).
 4. **Graph relational layers** (eq. 3-5, Fig. 5): graph conv-BN-ReLU, 4 graph residual blocks
