@@ -142,12 +142,14 @@ def test_graph_option_of_the_sdfl_methods(tmp_path):
     rng = np.random.default_rng(0)
     shapes = TrainingShapes(original=rng.normal(size=(10, 68, 2)), crop=rng.uniform(size=(10, 68, 2)))
     for method in ("sdfl", "fc"):
-        statistics = compute_method_statistics(METHODS[method], shapes, layout, {"graph": "release", "neighbours": 5})
+        statistics = compute_method_statistics(METHODS[method], shapes, layout, {"graph": "release"})
         assert np.array_equal(statistics["neighbourhood"], release_neighbourhood("300w68"))
         assert np.array_equal(statistics["laplacian_graph"], release_neighbourhood("300w68", symmetric=False, self_loops=False))
     computed = compute_method_statistics(METHODS["sdfl"], shapes, layout, {"neighbours": 3})
     assert (computed["neighbourhood"].sum(axis=1) == 4).all()  # eq. 2: self + top 3, the default
     assert "laplacian_graph" not in computed
+    with pytest.raises(ConfigError, match="model.options.neighbours.*applies to graph=computed"):
+        compute_method_statistics(METHODS["sdfl"], shapes, layout, {"graph": "release", "neighbours": 5})
     with pytest.raises(ConfigError, match="model.options.graph.*expected one of"):
         compute_method_statistics(METHODS["sdfl"], shapes, layout, {"graph": "hand_made"})
     other = get_layout("wflw98").to_dict()

@@ -9,7 +9,8 @@ A method's three functions:
 
 * ``compute_statistics(shapes, layout, **model_options)`` -> dict of numpy arrays computed ONCE from
   the training split (never validation or test) and stored in the checkpoint: SLPT's mean face,
-  SDFL's neighbourhood. ``shapes`` is a :class:`TrainingShapes`.
+  SDFL's neighbourhood (with ``graph: release`` also the graph of the release's Laplacian loss).
+  ``shapes`` is a :class:`TrainingShapes`.
 * ``build_model(backbone, layout, statistics, image_size, **model_options)`` -> nn.Module. Its
   keyword-only arguments are the allowed keys of ``model.options`` in a config.
 * ``build_loss(layout, statistics, image_size, **loss_options)`` -> ``loss(output, target)``
@@ -124,8 +125,10 @@ def _sdfl_statistics(shapes: TrainingShapes, layout: Layout, *, neighbours: int 
     if graph == "release":
         # The release's shipped graph for this layout (WFLW top-3 lists, hand-made 68 / 29 points):
         # symmetrised with self-loops for the head, as its graph layers use it; its Laplacian loss
-        # takes the edges as listed, in one direction (its losses/wing_loss.py). `neighbours` does
-        # not apply.
+        # takes the edges as listed, in one direction (its losses/wing_loss.py).
+        if neighbours != 3:
+            raise ConfigError(f"config key 'model.options.neighbours' ({neighbours}) applies to graph=computed; "
+                              "the release's graphs are fixed (WFLW: its top-3 lists)")
         try:
             return {"neighbourhood": release_neighbourhood(layout.name),
                     "laplacian_graph": release_neighbourhood(layout.name, symmetric=False, self_loops=False)}
