@@ -241,7 +241,7 @@ def test_predict_command_reports_unreadable_files_and_goes_on(tmp_path, astronau
     assert sorted(entry["file"].rsplit("/", 1)[-1] for entry in document["images"]) == ["astronaut.png", "small.jpg"]
     assert all(len(entry["faces"]) == 1 and len(entry["faces"][0]["landmarks"]) == 98 for entry in document["images"])
     assert {f["file"].rsplit("/", 1)[-1] for f in document["failed"]} == {"broken.jpg", "missing.png"}
-    assert document["crop_convention"] == {"box_source": "landmarks", "enlarge": 1.2, "size": 64}
+    assert document["crop_convention"] == {"box_source": "landmarks", "enlarge": 1.2, "size": 64, "normalisation": "imagenet_rgb"}
     drawn = cv2.imread(str(out / "drawn" / "photos" / "astronaut.png"))
     assert drawn is not None and drawn.shape == astronaut.shape
     assert (out / "drawn" / "photos" / "sub" / "small.png").is_file()

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "INPUT_NORMALISATIONS",
     "BOX_SOURCES",
     "CropConvention",
     "slpt_crop_convention",
@@ -75,9 +76,14 @@ __all__ = [
     "prepare_sample",
 ]
 
-# ImageNet statistics of RGB images in [0, 1]: the input normalisation of every facemark model.
+# ImageNet statistics of RGB images in [0, 1]: the default input normalisation ("imagenet_rgb").
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# How a crop's pixels become the model's input (:func:`image_to_tensor`):
+# "imagenet_rgb": RGB, (pixel / 255 - IMAGENET_MEAN) / IMAGENET_STD (SLPT, facemark's default);
+# "per_image_zscore_bgr": BGR, each channel standardised over the crop itself (the SDFL release).
+INPUT_NORMALISATIONS = ("imagenet_rgb", "per_image_zscore_bgr")
 
 BOX_SOURCES = ("landmarks", "dataset", "detector")
 
@@ -94,11 +100,15 @@ class CropConvention:
             dataset's face rectangle) or ``"detector"`` (a face detector's box).
         enlarge: the square's side is ``enlarge x max(w, h)`` of the source box, centred on it.
         size: S, the side of the crop in pixels (the model's input size).
+        normalisation: how the crop's pixels become the model's input, one of
+            :data:`INPUT_NORMALISATIONS` (see :func:`image_to_tensor`). It travels with the crop
+            so that training, evaluation, prediction and exported files all apply the same one.
     """
 
     box_source: str = "landmarks"
     enlarge: float = 1.2
     size: int = 256
+    normalisation: str = "imagenet_rgb"
 
     def __post_init__(self) -> None:
         if self.box_source not in BOX_SOURCES:
@@ -107,15 +117,21 @@ class CropConvention:
             raise ValueError(f"CropConvention: enlarge must be a positive number, got {self.enlarge!r}")
         if not (isinstance(self.size, int) and not isinstance(self.size, bool) and self.size >= 2):
             raise ValueError(f"CropConvention: size must be an integer >= 2, got {self.size!r}")
+        if self.normalisation not in INPUT_NORMALISATIONS:
+            raise ValueError(f"CropConvention: normalisation must be one of {INPUT_NORMALISATIONS}, "
+                             f"got {self.normalisation!r}")
 
     def to_dict(self) -> dict:
-        return {"box_source": self.box_source, "enlarge": float(self.enlarge), "size": int(self.size)}
+        return {"box_source": self.box_source, "enlarge": float(self.enlarge), "size": int(self.size),
+                "normalisation": self.normalisation}
 
     @classmethod
     def from_dict(cls, spec: Mapping, source: str = "crop convention") -> "CropConvention":
-        _check_keys(spec, required=("box_source", "enlarge", "size"), optional=(), source=source)
+        # "normalisation" is optional: files written before it existed used ImageNet RGB.
+        _check_keys(spec, required=("box_source", "enlarge", "size"), optional=("normalisation",), source=source)
         try:
-            return cls(box_source=spec["box_source"], enlarge=spec["enlarge"], size=spec["size"])
+            return cls(box_source=spec["box_source"], enlarge=spec["enlarge"], size=spec["size"],
+                       normalisation=spec.get("normalisation", "imagenet_rgb"))
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
 
@@ -320,12 +336,31 @@ def denormalise_landmarks(points: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(points, dtype=np.float64) * size
 
 
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """``(S, S, 3)`` uint8 RGB crop -> ``(3, S, S)`` float32 tensor, ImageNet mean/std normalised."""
+def image_to_tensor(image: np.ndarray, normalisation: str = "imagenet_rgb") -> torch.Tensor:
+    """``(S, S, 3)`` uint8 RGB crop -> ``(3, S, S)`` float32 model input.
+
+    ``normalisation`` (:data:`INPUT_NORMALISATIONS`):
+
+    - ``"imagenet_rgb"``: channels R, G, B, ``(pixel / 255 - IMAGENET_MEAN) / IMAGENET_STD``;
+    - ``"per_image_zscore_bgr"``: channels B, G, R (the order OpenCV reads images in), each
+      standardised with the mean and standard deviation (population, over the S x S pixels) of
+      that channel of this crop; a channel whose deviation is below 1e-6 (in 0..255 pixel units)
+      is divided by 1 instead. This is the SDFL release's input (``datasets/align_transforms.py``
+      ``Normalize``, applied after augmentation, so an occluding rectangle counts in the statistics).
+    """
     _check_image(image, "image_to_tensor")
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-    std = np.asarray(IMAGENET_STD, dtype=np.float32)
-    normalised = (image.astype(np.float32) / 255.0 - mean) / std
+    if normalisation == "imagenet_rgb":
+        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+        std = np.asarray(IMAGENET_STD, dtype=np.float32)
+        normalised = (image.astype(np.float32) / 255.0 - mean) / std
+    elif normalisation == "per_image_zscore_bgr":
+        pixels = image[:, :, ::-1].astype(np.float64)
+        mean = pixels.mean(axis=(0, 1))
+        std = pixels.std(axis=(0, 1))
+        std = np.where(std < 1e-6, 1.0, std)
+        normalised = ((pixels - mean) / std).astype(np.float32)
+    else:
+        raise ValueError(f"image_to_tensor: normalisation must be one of {INPUT_NORMALISATIONS}, got {normalisation!r}")
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
 

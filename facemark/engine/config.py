@@ -62,11 +62,15 @@ class CropSettings:
     ``box_source``: ``"landmarks"`` = tight box of the ground-truth landmarks (the SLPT code, train
     and test), ``"dataset"`` = the dataset's face rectangle, ``"detector"`` = a face detector's box.
     ``enlarge``: the square side is ``enlarge * max(w, h)`` of that box. ``size``: S, the crop side.
+    ``normalisation``: how the crop's pixels become the model's input: ``"imagenet_rgb"`` (RGB,
+    ImageNet mean/std) or ``"per_image_zscore_bgr"`` (BGR, each channel standardised over the crop:
+    the SDFL release); stored with the checkpoint and exported files.
     """
 
     box_source: Literal["landmarks", "dataset", "detector"] = "landmarks"
     enlarge: float = 1.2
     size: int = 256
+    normalisation: Literal["imagenet_rgb", "per_image_zscore_bgr"] = "imagenet_rgb"
 
 
 @dataclass

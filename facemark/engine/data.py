@@ -3,7 +3,7 @@
 One pipeline for every use: :class:`CropDataset` crops each record with the run's
 :class:`~facemark.data.transforms.CropConvention` through
 :func:`~facemark.data.transforms.prepare_sample` (augmented for training, plain for evaluation) and
-returns the ImageNet-normalised image, the target in normalised crop coordinates and the 2x3
+returns the normalised image (the crop convention's input normalisation), the target in normalised crop coordinates and the 2x3
 original -> crop matrix that maps predictions back to the original image.
 
 Reproducibility: the augmentation of sample ``i`` in epoch ``e`` is drawn from
@@ -37,7 +37,7 @@ __all__ = ["CropDataset", "carve_validation", "training_shapes", "worker_init"]
 class CropDataset(torch.utils.data.Dataset):
     """Face crops of ``records`` as model inputs.
 
-    Each item is a dict: ``image`` (3, S, S) float32 (ImageNet-normalised RGB), ``target`` (N, 2)
+    Each item is a dict: ``image`` (3, S, S) float32 (normalised as ``crop.normalisation`` says), ``target`` (N, 2)
     float32 in normalised crop coordinates (in the crop's point order: flipped samples are
     relabelled with the layout's flip permutation), ``matrix`` (2, 3) float64 original -> crop,
     ``index`` the position in ``records``.
@@ -72,7 +72,7 @@ class CropDataset(torch.utils.data.Dataset):
         )
         target = normalise_landmarks(sample.landmarks, self.crop.size)
         return {
-            "image": image_to_tensor(sample.image),
+            "image": image_to_tensor(sample.image, self.crop.normalisation),
             "target": torch.from_numpy(target.astype(np.float32)),
             "matrix": torch.from_numpy(sample.matrix),
             "index": int(index),

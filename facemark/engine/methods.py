@@ -9,7 +9,8 @@ A method's three functions:
 
 * ``compute_statistics(shapes, layout, **model_options)`` -> dict of numpy arrays computed ONCE from
   the training split (never validation or test) and stored in the checkpoint: SLPT's mean face,
-  SDFL's neighbourhood. ``shapes`` is a :class:`TrainingShapes`.
+  SDFL's neighbourhood (with ``graph: release`` also the graph of the release's Laplacian loss).
+  ``shapes`` is a :class:`TrainingShapes`.
 * ``build_model(backbone, layout, statistics, image_size, **model_options)`` -> nn.Module. Its
   keyword-only arguments are the allowed keys of ``model.options`` in a config.
 * ``build_loss(layout, statistics, image_size, **loss_options)`` -> ``loss(output, target)``
@@ -120,11 +121,28 @@ def _slpt_loss(layout: Layout, statistics: Mapping, image_size: int, *,
 
 
 # -- SDFL (graph head) and the FC baseline -------------------------------------------------------
-def _sdfl_statistics(shapes: TrainingShapes, layout: Layout, *, neighbours: int = 3) -> dict:
-    from facemark.models.sdfl import build_neighbourhood
+SDFL_GRAPHS = ("computed", "release")
 
-    # Sec. III-B, eq. 1-2: top-k Pearson correlations of the training shapes' x and y coordinates.
-    return {"neighbourhood": build_neighbourhood(shapes.original, k=neighbours)}
+
+def _sdfl_statistics(shapes: TrainingShapes, layout: Layout, *, neighbours: int = 3, graph: str = "computed") -> dict:
+    from facemark.models.sdfl import build_neighbourhood, release_neighbourhood
+
+    if graph == "computed":
+        # Sec. III-B, eq. 1-2: top-k Pearson correlations of the training shapes' x and y coordinates.
+        return {"neighbourhood": build_neighbourhood(shapes.original, k=neighbours)}
+    if graph == "release":
+        # The release's shipped graph for this layout (WFLW top-3 lists, hand-made 68 / 29 points):
+        # symmetrised with self-loops for the head, as its graph layers use it; its Laplacian loss
+        # takes the edges as listed, in one direction (its losses/wing_loss.py).
+        if neighbours != 3:
+            raise ConfigError(f"config key 'model.options.neighbours' ({neighbours}) applies to graph=computed; "
+                              "the release's graphs are fixed (WFLW: its top-3 lists)")
+        try:
+            return {"neighbourhood": release_neighbourhood(layout.name),
+                    "laplacian_graph": release_neighbourhood(layout.name, symmetric=False, self_loops=False)}
+        except ValueError as error:
+            raise ConfigError(f"config key 'model.options.graph': {error}") from None
+    raise ConfigError(f"config key 'model.options.graph': expected one of {list(SDFL_GRAPHS)}, got {graph!r}")
 
 
 def _check_sdfl_backbone(backbone: str, method: str) -> None:
@@ -135,23 +153,25 @@ def _check_sdfl_backbone(backbone: str, method: str) -> None:
 
 
 def _sdfl_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
-                neighbours: int = 3, adjacency: str = "dynamic", hidden_features: int = 128,
+                neighbours: int = 3, graph: str = "computed", adjacency: str = "dynamic", hidden_features: int = 128,
                 num_blocks: int = 4, expansion: int = 4, bn_momentum: float = 0.1) -> nn.Module:
     from facemark.models.sdfl import sdfl_graph_model
 
     _check_sdfl_backbone(backbone, "sdfl")
-    del neighbours  # used by _sdfl_statistics only
+    del neighbours, graph  # used by _sdfl_statistics only
     return sdfl_graph_model(layout.num_points, statistics["neighbourhood"], backbone=backbone, adjacency=adjacency,
                             input_size=image_size, hidden_features=hidden_features, num_blocks=num_blocks,
                             expansion=expansion, bn_momentum=bn_momentum)
 
 
 def _fc_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
-              neighbours: int = 3, hidden_features: int = 256, bn_momentum: float = 0.1) -> nn.Module:
+              neighbours: int = 3, graph: str = "computed", hidden_features: int = 256,
+              bn_momentum: float = 0.1) -> nn.Module:
     from facemark.models.sdfl import sdfl_fc_model
 
     _check_sdfl_backbone(backbone, "fc")
-    del neighbours  # used by _sdfl_statistics only (the relative-location loss needs the graph)
+    # neighbours, graph: used by _sdfl_statistics only (the relative-location loss needs the graph)
+    del neighbours, graph
     return sdfl_fc_model(layout.num_points, backbone=backbone, input_size=image_size,
                          hidden_features=hidden_features, bn_momentum=bn_momentum,
                          neighbourhood=statistics["neighbourhood"])
@@ -167,12 +187,18 @@ def _sdfl_loss(layout: Layout, statistics: Mapping, image_size: int, *,
     if point_loss not in point_losses:
         raise ConfigError(f"config key 'loss.options.point_loss': expected one of {list(point_losses)}, got {point_loss!r}")
     neighbourhood = torch.as_tensor(np.asarray(statistics["neighbourhood"]))
+    laplacian = None
+    if "laplacian_graph" in statistics:
+        # The release's Laplacian (graph=release): uniform weights over each point's listed edges;
+        # a point its lists give no neighbour keeps only its own position, as there.
+        laplacian = losses.uniform_laplacian(torch.as_tensor(np.asarray(statistics["laplacian_graph"])),
+                                             allow_isolated=True)
 
     # Eq. 10: Soft Wing on absolute positions + relative_weight x Soft Wing on the Laplacian
     # coordinates (eq. 6-7), in crop pixels.
     def loss(output, target: torch.Tensor) -> torch.Tensor:
         return sdfl_loss(output, target, crop_size=image_size, neighbourhood=neighbourhood,
-                         point_loss=point_losses[point_loss], relative_weight=relative_weight)
+                         point_loss=point_losses[point_loss], relative_weight=relative_weight, laplacian=laplacian)
 
     return loss
 

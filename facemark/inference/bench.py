@@ -182,7 +182,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     def crop_one():
         matrix = crop_matrix(square_box(box, crop.enlarge), crop.size)
-        return image_to_tensor(warp_image(image, matrix, crop.size))
+        return image_to_tensor(warp_image(image, matrix, crop.size), crop.normalisation)
 
     cropping = statistics.median(time_function(crop_one, args.repeats * 5, 2))
     parameters = sum(p.numel() for p in model.parameters())

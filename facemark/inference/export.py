@@ -2,8 +2,11 @@
 
 The exported model is the network alone (no detector, no crop):
 
-- input ``image``: ``(batch, 3, S, S)`` float32, RGB, ``(pixel / 255 - mean) / std`` with the
-  ImageNet ``mean = (0.485, 0.456, 0.406)``, ``std = (0.229, 0.224, 0.225)``; S from the crop
+- input ``image``: ``(batch, 3, S, S)`` float32, normalised as the crop convention's
+  ``normalisation`` says (:func:`facemark.data.transforms.image_to_tensor`): ``"imagenet_rgb"`` =
+  RGB, ``(pixel / 255 - mean) / std`` with the ImageNet ``mean = (0.485, 0.456, 0.406)``,
+  ``std = (0.229, 0.224, 0.225)``; ``"per_image_zscore_bgr"`` = BGR, each channel minus its mean
+  over the crop, divided by its standard deviation (the SDFL release); S from the crop
   convention (256 for SLPT); the batch axis is dynamic;
 - output ``landmarks``: ``(batch, N, 2)`` float32, x and y in normalised crop coordinates
   (crop pixels / S; 0-based, integer crop pixel = pixel centre). Multiply by S and apply the
@@ -38,6 +41,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "LandmarksOnly",
     "export_metadata",
+    "input_description",
     "onnx_model_bytes",
     "export_model",
     "run_export",
@@ -58,8 +62,23 @@ class LandmarksOnly(nn.Module):
         return output.landmarks if hasattr(output, "landmarks") else output
 
 
+def input_description(crop: CropConvention) -> dict:
+    """How an exported model's input is made from an RGB crop: its colour order and normalisation
+    (the crop convention's ``normalisation``, spelled out for users of the file outside facemark)."""
+    if crop.normalisation == "imagenet_rgb":
+        return {"colour_order": "RGB", "normalisation": "(pixel / 255 - mean) / std",
+                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return {"colour_order": "BGR",
+            "normalisation": "per image and channel: (pixel - mean) / std over the S x S crop (population std, "
+                             "pixels in 0..255; std < 1e-6 -> 1)",
+            "mean": "per image", "std": "per image"}
+
+
 def export_metadata(layout: Layout, crop: CropConvention, description: str = "") -> dict:
-    """The JSON stored inside an exported file (read back by :func:`facemark.inference.predictor.load_weights`)."""
+    """The JSON stored inside an exported file (read back by :func:`facemark.inference.predictor.load_weights`).
+
+    ``crop`` (with its ``normalisation``) is what facemark applies; ``input`` describes the same
+    for other readers."""
     return {
         "format": "facemark-export",
         "version": 1,
@@ -70,10 +89,7 @@ def export_metadata(layout: Layout, crop: CropConvention, description: str = "")
             "name": "image",
             "shape": ["batch", 3, crop.size, crop.size],
             "dtype": "float32",
-            "colour_order": "RGB",
-            "normalisation": "(pixel / 255 - mean) / std",
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
+            **input_description(crop),
         },
         "output": {
             "name": "landmarks",
@@ -185,7 +201,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     bundle = load_weights(args.out, "cpu", "onnx" if args.format == "onnx" else "torch", trust_torchscript=True)
     size = bundle.crop.size
-    print(f"input  'image': (batch, 3, {size}, {size}) float32, RGB, (pixel/255 - {list(IMAGENET_MEAN)}) / {list(IMAGENET_STD)}")
+    described = input_description(bundle.crop)
+    print(f"input  'image': (batch, 3, {size}, {size}) float32, {described['colour_order']}, {described['normalisation']}"
+          + (f", mean {described['mean']}, std {described['std']}" if bundle.crop.normalisation == "imagenet_rgb" else ""))
     print(f"output 'landmarks': (batch, {bundle.layout.num_points}, 2) float32, crop pixels / {size}")
     print(f"crop convention: {bundle.crop.to_dict()}; layout {bundle.layout.name}")
     return 0

@@ -104,7 +104,7 @@ class FaceLandmarks:
 class ModelBundle:
     """A runnable model and what is needed to use it on new images.
 
-    ``run(batch)`` takes a ``(B, 3, S, S)`` float32 numpy array (RGB, ImageNet-normalised) and
+    ``run(batch)`` takes a ``(B, 3, S, S)`` float32 numpy array (normalised as ``crop.normalisation`` says) and
     returns ``(B, N, 2)`` landmarks in normalised crop coordinates (crop pixels / S).
     ``model`` is the torch module (None for ONNX Runtime and TorchScript files).
     """
@@ -487,7 +487,7 @@ class Predictor:
         for owner, box in zip(owners, model_boxes):
             crop_box = square_box(box, self.crop.enlarge, where=f"face box {np.round(box, 2).tolist()}")
             matrix = crop_matrix(crop_box, size)
-            tensors.append(image_to_tensor(warp_image(images[owner], matrix, size)).numpy())
+            tensors.append(image_to_tensor(warp_image(images[owner], matrix, size), self.crop.normalisation).numpy())
             matrices.append(matrix)
             crop_boxes.append(np.asarray(crop_box.corners()))
         normalised = self.predict_crops(np.stack(tensors))

@@ -1,8 +1,9 @@
 """Landmark models: SLPT (``slpt.py``), SDFL and the FC baseline (``sdfl.py``), their backbones
 (``hrnet.py``, ``resnet.py``, ``mobilenet.py``, ``vgg.py``) and losses (``losses.py``).
 
-Every model maps a ``(B, 3, S, S)`` ImageNet-normalised RGB crop to an output whose
-``.landmarks`` is ``(B, N, 2)`` in normalised crop coordinates (crop pixels / S).
+Every model maps a ``(B, 3, S, S)`` normalised crop (``CropConvention.normalisation``: ImageNet RGB
+by default) to an output whose ``.landmarks`` is ``(B, N, 2)`` in normalised crop coordinates
+(crop pixels / S).
 """
 from facemark.models.official_slpt import convert_official_state_dict, load_official_slpt, to_official_state_dict
 from facemark.models.sdfl import build_neighbourhood, sdfl_fc_model, sdfl_graph_model, sdfl_loss

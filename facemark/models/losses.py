@@ -98,12 +98,14 @@ def adaptive_wing_loss(x: torch.Tensor, target: torch.Tensor | None = None, omeg
     return torch.where(magnitude < theta, omega * torch.log1p((magnitude / epsilon) ** power), a * magnitude - c)
 
 
-def uniform_laplacian(neighbourhood: torch.Tensor) -> torch.Tensor:
+def uniform_laplacian(neighbourhood: torch.Tensor, allow_isolated: bool = False) -> torch.Tensor:
     """The uniform Laplacian matrix of SDFL eq. 7 from a binary (N, N) neighbourhood ``M``.
 
     ``L[i, i] = 1``, ``L[i, j] = -1 / |N_i|`` for ``j`` in ``N_i = {j != i : M[i, j] = 1}``, else 0,
     so ``L @ P`` gives each point minus the mean of its neighbours (eq. 6 and 8 with uniform weights).
-    The diagonal of ``M`` is ignored; a row without neighbours is an error.
+    The diagonal of ``M`` is ignored. A row without neighbours is an error, unless
+    ``allow_isolated``: then its row is ``L[i, i] = 1`` alone (the point's own position), as in the
+    SDFL release's Laplacian for points its one-direction edge lists give no neighbour.
     """
     if neighbourhood.ndim != 2 or neighbourhood.shape[0] != neighbourhood.shape[1]:
         raise ValueError(f"uniform_laplacian: neighbourhood must be a square (N, N) matrix, got {tuple(neighbourhood.shape)}")
@@ -111,10 +113,10 @@ def uniform_laplacian(neighbourhood: torch.Tensor) -> torch.Tensor:
     eye = torch.eye(num_points, dtype=torch.bool, device=neighbourhood.device)
     neighbours = (neighbourhood != 0) & ~eye
     counts = neighbours.sum(dim=1)
-    if bool((counts == 0).any()):
+    if bool((counts == 0).any()) and not allow_isolated:
         lonely = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"uniform_laplacian: points {lonely} have no neighbour other than themselves")
-    weights = neighbours.float() / counts[:, None].float()
+    weights = neighbours.float() / counts.clamp(min=1)[:, None].float()
     return eye.float() - weights
 
 

@@ -6,8 +6,9 @@ relational network* turns it into landmark coordinates:
 1. **Node embedding** (Sec. III-A): two conv-BN-ReLU blocks map the C-channel map to ``n * N``
    channels (n = 4), reshaped to N node features of size ``n * H * W`` (256 for an 8 x 8 map).
 2. **Neighbourhood** (Sec. III-B, eq. 1-2): a binary (N, N) matrix ``M`` built once from the
-   training shapes (top k+1 Pearson correlations per row, self included). It is a buffer of the
-   model (saved in its ``state_dict``), never re-derived at load time.
+   training shapes (top k+1 Pearson correlations per row, self included), or the release's
+   shipped graph (:func:`release_neighbourhood`: WFLW top-3 lists, hand-made 68 / 29 points). It
+   is a buffer of the model (saved in its ``state_dict``), never re-derived at load time.
 3. **Dynamic adjacency** (Sec. III-B): global average pooling + two FC layers give one weight per
    non-zero of ``M`` per image; ``sigma`` is a row-wise softmax over the neighbourhood (eq. 4).
 4. **Graph relational layers** (eq. 3-5, Fig. 5): graph conv-BN-ReLU, 4 graph residual blocks
@@ -49,7 +50,8 @@ from facemark.models.losses import relative_location_loss, soft_wing_loss, unifo
 __all__ = [
     # neighbourhood
     "landmark_correlation", "build_neighbourhood", "read_neighbour_lists", "write_neighbour_lists",
-    "neighbourhood_from_lists", "neighbour_lists", "release_wflw98_neighbourhood", "plot_neighbourhood",
+    "neighbourhood_from_lists", "neighbour_lists", "RELEASE_GRAPHS", "release_neighbourhood",
+    "release_wflw98_neighbourhood", "plot_neighbourhood",
     "export_neighbourhood",
     # modules
     "NodeEmbedding", "DynamicAdjacency", "GraphConv", "ReleaseGraphConv", "GraphConvBNReLU",
@@ -215,15 +217,40 @@ def neighbourhood_from_lists(lists: Sequence[Sequence[int]], symmetric: bool = T
     return neighbourhood
 
 
+# Layout name -> the SDFL release's graph for it, shipped in facemark/resources as neighbour lists.
+# The release picks its graph by the number of points (utils/graph_utils.py adj_matrix_from_num_points):
+# WFLW's precomputed top-3 lists (its configs set top_k: 3), hand-made graphs for 68 and 29 points.
+RELEASE_GRAPHS = {
+    "wflw98": "sdfl_wflw98_top3_neighbours.txt",
+    "300w68": "sdfl_300w68_graph.txt",
+    "cofw29": "sdfl_cofw29_graph.txt",
+}
+
+
+def release_neighbourhood(layout_name: str, symmetric: bool = True, self_loops: bool = True) -> np.ndarray:
+    """The SDFL release's landmark graph for ``layout_name`` (a key of :data:`RELEASE_GRAPHS`).
+
+    Default: symmetrised (union of both directions) + self-loops, the non-zero pattern of the
+    release's row-normalised adjacency (its graph layers use only that pattern: a softmax of
+    learned edge weights over the non-zeros). WFLW: 470 non-zeros; 300W (68 points, 99 edges):
+    266; COFW (29 points, 52 edges): 133. ``symmetric=False, self_loops=False`` gives the edges as
+    the release's files list them (WFLW: the directed top-3 graph its Laplacian loss uses).
+    """
+    if layout_name not in RELEASE_GRAPHS:
+        raise ValueError(f"the SDFL release has graphs for layouts {sorted(RELEASE_GRAPHS)}, not {layout_name!r}; "
+                         "use model.options.graph=computed (built from the training shapes)")
+    with resources.as_file(resources.files("facemark.resources") / RELEASE_GRAPHS[layout_name]) as path:
+        lists = read_neighbour_lists(path)
+    return neighbourhood_from_lists(lists, symmetric=symmetric, self_loops=self_loops)
+
+
 def release_wflw98_neighbourhood(symmetric: bool = True, self_loops: bool = True) -> np.ndarray:
     """The WFLW k = 3 graph shipped with the SDFL release (``facemark/resources/sdfl_wflw98_top3_neighbours.txt``).
 
     Default: symmetrised + self-loops, as the release's graph layers use it (470 non-zeros, 4 to 8
     per row). ``symmetric=False`` gives the directed top-3 graph the release's Laplacian loss uses.
     """
-    with resources.as_file(resources.files("facemark.resources") / "sdfl_wflw98_top3_neighbours.txt") as path:
-        lists = read_neighbour_lists(path)
-    return neighbourhood_from_lists(lists, symmetric=symmetric, self_loops=self_loops)
+    return release_neighbourhood("wflw98", symmetric=symmetric, self_loops=self_loops)
 
 
 def plot_neighbourhood(neighbourhood: np.ndarray, mean_shape: np.ndarray, ax=None, layout=None, title: str | None = None):
@@ -302,9 +329,12 @@ def _check_neighbourhood(neighbourhood: torch.Tensor | np.ndarray, num_points: i
 
 def _scatter_edge_logits(values: torch.Tensor, edge_rows: torch.Tensor, edge_cols: torch.Tensor, num_points: int) -> torch.Tensor:
     """(..., E) edge values -> (..., N, N) with the values at the edges and -inf elsewhere."""
-    logits = values.new_full(values.shape[:-1] + (num_points, num_points), float("-inf"))
-    logits[..., edge_rows, edge_cols] = values
-    return logits
+    # A scatter into the flattened N x N matrix: ONNX exports it as ScatterElements (the
+    # advanced-indexing assignment ``logits[..., rows, cols] = values`` exports to an invalid graph).
+    leading = values.shape[:-1]
+    flat_index = (edge_rows * num_points + edge_cols).expand(leading + edge_rows.shape)
+    logits = values.new_full(leading + (num_points * num_points,), float("-inf"))
+    return logits.scatter(-1, flat_index, values).reshape(leading + (num_points, num_points))
 
 
 # =============================================================================================
@@ -424,8 +454,10 @@ class ReleaseGraphConv(nn.Module):
 
     def forward(self, x: torch.Tensor, adjacency: torch.Tensor | None = None) -> torch.Tensor:
         normalised = self.adjacency()
-        self_weight = torch.diagonal(normalised)
-        neighbour_weights = normalised - torch.diag(self_weight)
+        # Split A into its diagonal and the rest with an identity mask (ONNX has no aten::diag).
+        eye = torch.eye(self.num_points, dtype=normalised.dtype, device=normalised.device)
+        self_weight = (normalised * eye).sum(dim=-1)
+        neighbour_weights = normalised * (1 - eye)
         own = torch.matmul(x, self.weight[0])
         neighbours = torch.matmul(x, self.weight[1])
         return self_weight[:, None] * own + torch.matmul(neighbour_weights, neighbours) + self.bias
@@ -802,14 +834,15 @@ def sdfl_model_from_state_dict(config: dict, state_dict: dict) -> SDFLModel:
 def sdfl_loss_terms(output: SDFLOutput, target: torch.Tensor, crop_size: float = 256,
                     neighbourhood: torch.Tensor | None = None,
                     point_loss: Callable[[torch.Tensor], torch.Tensor] = soft_wing_loss,
-                    relative_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                    relative_weight: float = 1.0, laplacian: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The two terms of eq. 10 in crop pixels: ``{"absolute", "relative", "total"}``.
 
     ``target`` is (B, N, 2) in normalised crop coordinates, like ``output.landmarks``; both are
     multiplied by ``crop_size`` so Soft Wing's thresholds (2 and 20 px) mean pixels of the crop.
     Each term is averaged over batch, points and x/y (as the release does; eq. 10's sum over points
-    only rescales the loss). ``relative`` uses the uniform Laplacian of ``neighbourhood`` (eq. 7);
-    with ``relative_weight=0`` it is skipped and no neighbourhood is needed.
+    only rescales the loss). ``relative`` uses the uniform Laplacian of ``neighbourhood`` (eq. 7),
+    or the (N, N) matrix ``laplacian`` when given (e.g. the release's, on its one-direction edge
+    lists); with ``relative_weight=0`` it is skipped and neither is needed.
     """
     prediction = output.landmarks
     if prediction.shape != target.shape:
@@ -820,9 +853,11 @@ def sdfl_loss_terms(output: SDFLOutput, target: torch.Tensor, crop_size: float =
     terms = {"absolute": absolute}
     total = absolute
     if relative_weight:
-        if neighbourhood is None:
-            raise ValueError("sdfl_loss: relative_weight != 0 needs the neighbourhood (e.g. model.neighbourhood)")
-        laplacian = uniform_laplacian(neighbourhood.to(prediction.device))
+        if laplacian is None:
+            if neighbourhood is None:
+                raise ValueError("sdfl_loss: relative_weight != 0 needs the neighbourhood (e.g. model.neighbourhood)")
+            laplacian = uniform_laplacian(neighbourhood.to(prediction.device))
+        laplacian = laplacian.to(prediction.device)
         relative = relative_location_loss(prediction_px, target_px, laplacian, point_loss).mean()
         terms["relative"] = relative
         total = total + relative_weight * relative
@@ -833,9 +868,9 @@ def sdfl_loss_terms(output: SDFLOutput, target: torch.Tensor, crop_size: float =
 def sdfl_loss(output: SDFLOutput, target: torch.Tensor, crop_size: float = 256,
               neighbourhood: torch.Tensor | None = None,
               point_loss: Callable[[torch.Tensor], torch.Tensor] = soft_wing_loss,
-              relative_weight: float = 1.0) -> torch.Tensor:
+              relative_weight: float = 1.0, laplacian: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 10: Soft Wing on absolute positions + ``relative_weight`` x Soft Wing on Laplacian coordinates."""
-    return sdfl_loss_terms(output, target, crop_size, neighbourhood, point_loss, relative_weight)["total"]
+    return sdfl_loss_terms(output, target, crop_size, neighbourhood, point_loss, relative_weight, laplacian)["total"]
 
 
 # =============================================================================================
