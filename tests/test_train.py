@@ -306,7 +306,7 @@ def test_command_line_arguments_all_have_help(capsys):
 def test_pretrained_backbone_is_loaded_by_name(tmp_path):
     from torch import nn
 
-    from facemark.engine.methods import load_pretrained_backbone
+    from facemark.engine.pretrained import load_pretrained_backbone
     from facemark.models.resnet import resnet18
 
     class Wrapped(nn.Module):
@@ -317,7 +317,7 @@ def test_pretrained_backbone_is_loaded_by_name(tmp_path):
     imagenet = resnet18()
     torch.save(imagenet.state_dict(), tmp_path / "imagenet.pth")
     model = Wrapped()
-    summary = load_pretrained_backbone(model, tmp_path / "imagenet.pth")
+    summary = load_pretrained_backbone(model, tmp_path / "imagenet.pth").summary()
     assert "backbone.0" in summary and "0 missing" in summary
     assert torch.equal(model.backbone[0].conv1.weight, imagenet.conv1.weight)
     holder = nn.Module()
