@@ -331,3 +331,31 @@ def test_command_module_imports_no_torch():
     code = "import sys, facemark.engine.commands; assert 'torch' not in sys.modules, 'torch imported'"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_report_best_and_last_evaluates_both_on_the_test_split(fixture_root, tmp_path):
+    import json
+
+    from facemark.engine.train import REPORT_LABELS
+
+    # Held-out protocol: best.pt is picked on the carved validation faces; both rows are test numbers.
+    result = train(tiny_config(fixture_root, tmp_path / "run", "runtime.report_best_and_last=true"), methods=TINY_METHODS)
+    report = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert report["split"] == "test" and report["select_on"] == "val"
+    best, last = report["rows"]
+    assert (best["protocol"], best["label"], best["epoch"]) == ("best", REPORT_LABELS["val"], result.best_epoch)
+    assert (last["protocol"], last["label"], last["epoch"]) == ("last", REPORT_LABELS["last"], 2)
+    for row in (best, last):
+        # The same numbers as `facemark evaluate` of that checkpoint on the test split.
+        evaluated = evaluate(tmp_path / "run" / row["checkpoint"], fixture_root, output_dir=tmp_path / row["protocol"],
+                             device="cpu", workers=0, progress=False, methods=TINY_METHODS)
+        assert row["summary"] == json.loads(json.dumps(evaluated.summary()))
+        assert row["summary"]["all"]["n"] == 3
+        assert f"{row['label']}, epoch {row['epoch']}" in result.report_table
+    assert (tmp_path / "run" / "results.md").is_file() and result.report_path == tmp_path / "run" / "results.json"
+
+    # No selection faces (data.val_fraction=0, select_on=val): best.pt is the last epoch, one row.
+    result = train(tiny_config(fixture_root, tmp_path / "all", "runtime.report_best_and_last=true",
+                               "data.val_fraction=0"), methods=TINY_METHODS)
+    rows = json.loads((tmp_path / "all" / "results.json").read_text())["rows"]
+    assert [(row["protocol"], row["epoch"]) for row in rows] == [("last", 2)]
