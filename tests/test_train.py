@@ -359,3 +359,16 @@ def test_report_best_and_last_evaluates_both_on_the_test_split(fixture_root, tmp
                                "data.val_fraction=0"), methods=TINY_METHODS)
     rows = json.loads((tmp_path / "all" / "results.json").read_text())["rows"]
     assert [(row["protocol"], row["epoch"]) for row in rows] == [("last", 2)]
+
+
+def test_best_checkpoint_keeps_its_epoch_when_last_is_rewritten(tmp_path):
+    from facemark.engine.checkpoint import save_checkpoint
+    from facemark.engine.train import _same_checkpoint_as
+
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, last)
+    _same_checkpoint_as(best, last, {"epoch": 1, "weights": torch.ones(3)})
+    save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, last)  # a later epoch that did not improve
+    assert load_checkpoint(best)["epoch"] == 1 and torch.equal(load_checkpoint(best)["weights"], torch.ones(3))
+    assert load_checkpoint(last)["epoch"] == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary left

@@ -641,12 +641,26 @@ def _end_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int, trained:
     }
     save_checkpoint(checkpoint, run.recipe.last_path)
     if improved:
-        save_checkpoint(checkpoint, run.recipe.best_path)
+        _same_checkpoint_as(run.recipe.best_path, run.recipe.last_path, checkpoint)
     run.logger.info(
         "epoch %d/%d: loss %.5f, lr %.2e, %s%.1f img/s, %s/epoch, ETA %s%s", epoch + 1, epochs, trained["train_loss"],
         trained["lr"], "" if val_nme is None else f"val NME {100 * val_nme:.3f}%, ", rate,
         _format_seconds(trained["seconds"]), _format_seconds(average_seconds() * (epochs - epoch - 1)),
         " (best)" if improved and val_nme is not None else "")
+
+
+def _same_checkpoint_as(path: Path, written: Path, checkpoint: dict) -> None:
+    """Make ``path`` hold the checkpoint just written to ``written``: a hard link (no second write
+    of a file of hundreds of MB; ``written`` is only ever replaced by rename, so the link keeps
+    this epoch), renamed into place atomically; a second write where links are not supported."""
+    temporary = path.with_name(f".{path.name}.link")
+    try:
+        temporary.unlink(missing_ok=True)
+        os.link(written, temporary)
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        save_checkpoint(checkpoint, path)
 
 
 def _run_epochs(run: _Run, progress: _Progress) -> int:
