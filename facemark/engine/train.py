@@ -644,7 +644,7 @@ def _end_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int, trained:
         _same_checkpoint_as(run.recipe.best_path, run.recipe.last_path, checkpoint)
     run.logger.info(
         "epoch %d/%d: loss %.5f, lr %.2e, %s%.1f img/s, %s/epoch, ETA %s%s", epoch + 1, epochs, trained["train_loss"],
-        trained["lr"], "" if val_nme is None else f"val NME {100 * val_nme:.3f}%, ", rate,
+        trained["lr"], "" if val_nme is None else f"{config.runtime.select_on} NME {100 * val_nme:.3f}%, ", rate,
         _format_seconds(trained["seconds"]), _format_seconds(average_seconds() * (epochs - epoch - 1)),
         " (best)" if improved and val_nme is not None else "")
 
@@ -765,8 +765,8 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         result = TrainResult(recipe.output_dir, recipe.last_path, best_path if best_path.is_file() else None,
                              best_metric, progress.best_epoch, epochs, model)
         if context.is_main:
-            logger.info("done: %s%s", recipe.last_path, f"; best {best_path} (epoch {progress.best_epoch}, val NME "
-                        f"{100 * best_metric:.3f}%)" if best_metric is not None else "")
+            logger.info("done: %s%s", recipe.last_path, f"; best {best_path} (epoch {progress.best_epoch}, "
+                        f"{config.runtime.select_on} NME {100 * best_metric:.3f}%)" if best_metric is not None else "")
             if config.runtime.report_best_and_last:
                 result.report_table, result.report_path = _report_best_and_last(run, progress, epochs)
         return result
