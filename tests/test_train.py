@@ -372,3 +372,10 @@ def test_best_checkpoint_keeps_its_epoch_when_last_is_rewritten(tmp_path):
     assert load_checkpoint(best)["epoch"] == 1 and torch.equal(load_checkpoint(best)["weights"], torch.ones(3))
     assert load_checkpoint(last)["epoch"] == 2
     assert sorted(path.name for path in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary left
+
+
+def test_report_best_and_last_checks_the_test_split_before_training(fixture_root, tmp_path):
+    config = tiny_config(fixture_root, tmp_path / "run", "runtime.report_best_and_last=true", "data.test_split=tset")
+    with pytest.raises(ValueError, match="unknown split 'tset'"):
+        train(config, methods=TINY_METHODS)
+    assert not (tmp_path / "run" / "last.pt").exists()  # refused before the first epoch, not after the last

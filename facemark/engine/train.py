@@ -383,6 +383,8 @@ def _load_data(config: TrainConfig, logger: logging.Logger) -> _Data:
     else:
         train_set, selection = train_full, None
         logger.warning("no validation data (data.val_fraction=0, no data.val_split): best.pt is the last epoch")
+    if runtime.report_best_and_last and runtime.select_on != "test":
+        load_dataset(data.dataset, data.root, data.test_split)  # the final report needs it: fail now, not then
     logger.info("data: %s %s, %d training faces, %s", data.dataset, data.root, len(train_set),
                 f"{len(selection)} selection faces ({selection.split})" if selection is not None else "no validation")
     return _Data(train_set, selection, train_set.layout)
