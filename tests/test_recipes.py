@@ -232,3 +232,24 @@ def test_each_slpt_paper_recipe_trains_end_to_end_on_synthface(name, synthface_r
         assert mean_face.shape == (29, 2)
     else:
         np.testing.assert_array_equal(mean_face, load_official_mean_face(mean_face.shape[0]).numpy())
+
+
+def test_the_authors_mean_face_exists_for_98_and_68_points_only():
+    from facemark.engine.config import ConfigError
+    from facemark.engine.methods import METHODS, TrainingShapes, compute_method_statistics
+    from facemark.layouts import get_layout
+    from facemark.models.slpt import load_official_mean_face
+
+    def statistics(layout_name: str, mean_face: str) -> np.ndarray:
+        layout = get_layout(layout_name)
+        crops = np.random.default_rng(0).uniform(0.2, 0.8, size=(5, layout.num_points, 2))
+        shapes = TrainingShapes(original=crops * 100, crop=crops)
+        return compute_method_statistics(METHODS["slpt"], shapes, layout, {"mean_face": mean_face})["mean_face"]
+
+    for layout_name, points in (("wflw98", 98), ("300w68", 68)):
+        np.testing.assert_array_equal(statistics(layout_name, "authors"), load_official_mean_face(points).numpy())
+    assert statistics("cofw29", "training").shape == (29, 2)
+    with pytest.raises(ConfigError, match="model.options.mean_face.*98 and 68 points.*mean_face=training"):
+        statistics("cofw29", "authors")
+    with pytest.raises(ConfigError, match="model.options.mean_face"):
+        statistics("wflw98", "average")
