@@ -306,7 +306,7 @@ def test_command_line_arguments_all_have_help(capsys):
 def test_pretrained_backbone_is_loaded_by_name(tmp_path):
     from torch import nn
 
-    from facemark.engine.methods import load_pretrained_backbone
+    from facemark.engine.pretrained import load_pretrained_backbone
     from facemark.models.resnet import resnet18
 
     class Wrapped(nn.Module):
@@ -317,7 +317,7 @@ def test_pretrained_backbone_is_loaded_by_name(tmp_path):
     imagenet = resnet18()
     torch.save(imagenet.state_dict(), tmp_path / "imagenet.pth")
     model = Wrapped()
-    summary = load_pretrained_backbone(model, tmp_path / "imagenet.pth")
+    summary = load_pretrained_backbone(model, tmp_path / "imagenet.pth").summary()
     assert "backbone.0" in summary and "0 missing" in summary
     assert torch.equal(model.backbone[0].conv1.weight, imagenet.conv1.weight)
     holder = nn.Module()
@@ -331,3 +331,51 @@ def test_command_module_imports_no_torch():
     code = "import sys, facemark.engine.commands; assert 'torch' not in sys.modules, 'torch imported'"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_report_best_and_last_evaluates_both_on_the_test_split(fixture_root, tmp_path):
+    import json
+
+    from facemark.engine.train import REPORT_LABELS
+
+    # Held-out protocol: best.pt is picked on the carved validation faces; both rows are test numbers.
+    result = train(tiny_config(fixture_root, tmp_path / "run", "runtime.report_best_and_last=true"), methods=TINY_METHODS)
+    report = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert report["split"] == "test" and report["select_on"] == "val"
+    best, last = report["rows"]
+    assert (best["protocol"], best["label"], best["epoch"]) == ("best", REPORT_LABELS["val"], result.best_epoch)
+    assert (last["protocol"], last["label"], last["epoch"]) == ("last", REPORT_LABELS["last"], 2)
+    for row in (best, last):
+        # The same numbers as `facemark evaluate` of that checkpoint on the test split.
+        evaluated = evaluate(tmp_path / "run" / row["checkpoint"], fixture_root, output_dir=tmp_path / row["protocol"],
+                             device="cpu", workers=0, progress=False, methods=TINY_METHODS)
+        assert row["summary"] == json.loads(json.dumps(evaluated.summary()))
+        assert row["summary"]["all"]["n"] == 3
+        assert f"{row['label']}, epoch {row['epoch']}" in result.report_table
+    assert (tmp_path / "run" / "results.md").is_file() and result.report_path == tmp_path / "run" / "results.json"
+
+    # No selection faces (data.val_fraction=0, select_on=val): best.pt is the last epoch, one row.
+    result = train(tiny_config(fixture_root, tmp_path / "all", "runtime.report_best_and_last=true",
+                               "data.val_fraction=0"), methods=TINY_METHODS)
+    rows = json.loads((tmp_path / "all" / "results.json").read_text())["rows"]
+    assert [(row["protocol"], row["epoch"]) for row in rows] == [("last", 2)]
+
+
+def test_best_checkpoint_keeps_its_epoch_when_last_is_rewritten(tmp_path):
+    from facemark.engine.checkpoint import save_checkpoint
+    from facemark.engine.train import _same_checkpoint_as
+
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, last)
+    _same_checkpoint_as(best, last, {"epoch": 1, "weights": torch.ones(3)})
+    save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, last)  # a later epoch that did not improve
+    assert load_checkpoint(best)["epoch"] == 1 and torch.equal(load_checkpoint(best)["weights"], torch.ones(3))
+    assert load_checkpoint(last)["epoch"] == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary left
+
+
+def test_report_best_and_last_checks_the_test_split_before_training(fixture_root, tmp_path):
+    config = tiny_config(fixture_root, tmp_path / "run", "runtime.report_best_and_last=true", "data.test_split=tset")
+    with pytest.raises(ValueError, match="unknown split 'tset'"):
+        train(config, methods=TINY_METHODS)
+    assert not (tmp_path / "run" / "last.pt").exists()  # refused before the first epoch, not after the last

@@ -12,6 +12,7 @@ Modules (nothing is imported here, so ``facemark --help`` stays fast):
 
 * :mod:`~facemark.engine.config`: typed config dataclasses, YAML with ``base:``, ``key=value`` overrides;
 * :mod:`~facemark.engine.methods`: the per-method adapters (SLPT, SDFL, FC baseline);
+* :mod:`~facemark.engine.pretrained`: ``model.pretrained``, the checked ImageNet start of a backbone;
 * :mod:`~facemark.engine.data`: records -> face-crop tensors, validation carving;
 * :mod:`~facemark.engine.checkpoint`: atomic checkpoints, ``load_model`` (rebuild from the file alone);
 * :mod:`~facemark.engine.train`: ``train(config, resume=False)``;

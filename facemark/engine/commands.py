@@ -65,6 +65,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.N
             result = train(config, resume=args.resume, resume_from=args.resume_from)
         except (ConfigError, FileNotFoundError, FileExistsError, TrainingDiverged, ValueError) as error:
             raise CommandError(str(error)) from None
+        if result.report_table is not None:
+            print(result.report_table)
+            print(f"both rows in {result.report_path} (and results.md beside it)")
         if result.best_checkpoint is not None:
             data = config.data
             print(f"best checkpoint: {result.best_checkpoint}")

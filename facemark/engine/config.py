@@ -98,7 +98,9 @@ class ModelConfig:
 
     method: str = "slpt"  # slpt | sdfl | fc (keys of facemark.engine.methods.METHODS)
     backbone: str = "hrnet_w18c_lite"
-    pretrained: str | None = None  # path of an ImageNet checkpoint for the backbone (never downloaded)
+    # A local ImageNet weight file for the backbone, matched by tensor name (relative paths: from the
+    # current folder; never downloaded). null: random initialisation. See facemark.engine.pretrained.
+    pretrained: str | None = None
     options: dict = field(default_factory=dict)
 
 
@@ -154,6 +156,9 @@ class RuntimeConfig:
     eval_interval: int = 1  # epochs between validations
     eval_batch_size: int = 32
     select_on: Literal["val", "test"] = "val"  # "test" = the authors' practice (warned about)
+    # After the last epoch, evaluate best.pt (the selected epoch) and last.pt on data.test_split
+    # and write results.json / results.md in output_dir with both rows, labelled with their epochs.
+    report_best_and_last: bool = False
     sync_bn: bool = False  # distributed only: synchronise BatchNorm statistics across processes
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     progress: bool = True  # tqdm progress bars

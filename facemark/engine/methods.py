@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -31,7 +30,7 @@ from torch import nn
 from facemark.engine.config import ConfigError, check_options
 from facemark.layouts import Layout
 
-__all__ = ["TrainingShapes", "Method", "METHODS", "option_names", "build_model_from_spec", "load_pretrained_backbone"]
+__all__ = ["TrainingShapes", "Method", "METHODS", "option_names", "build_model_from_spec"]
 
 
 @dataclass
@@ -75,10 +74,24 @@ def _check_backbone(backbone: str, method: str, known: Mapping, also: str = "") 
 
 
 # -- SLPT ----------------------------------------------------------------------------------------
-def _slpt_statistics(shapes: TrainingShapes, layout: Layout, **_options) -> dict:
-    from facemark.models.slpt import compute_mean_face
+SLPT_MEAN_FACES = ("training", "authors")
 
-    # Sec. 3.2: the initial landmarks S_0 are the mean face of the training crops.
+
+def _slpt_statistics(shapes: TrainingShapes, layout: Layout, *, mean_face: str = "training") -> dict:
+    from facemark.models.slpt import compute_mean_face, load_official_mean_face
+
+    # The initial landmarks S_0. "training": the mean face of the training crops (paper Sec. 3.2).
+    # "authors": the release's fixed init_98.npz / init_68.npz (SLPT_Training model.py:35,
+    # Config/default.py:92,107), shipped in facemark/resources; none exists for other layouts.
+    if mean_face == "authors":
+        if layout.num_points not in (98, 68):
+            raise ConfigError(f"config key 'model.options.mean_face': the SLPT authors released mean faces for 98 "
+                              f"and 68 points only, this layout ({layout.name}) has {layout.num_points}; use "
+                              "model.options.mean_face=training")
+        return {"mean_face": load_official_mean_face(layout.num_points).numpy()}
+    if mean_face != "training":
+        raise ConfigError(f"config key 'model.options.mean_face': expected one of {list(SLPT_MEAN_FACES)}, "
+                          f"got {mean_face!r}")
     return {"mean_face": compute_mean_face(shapes.crop).numpy()}
 
 
@@ -88,10 +101,11 @@ def _slpt_model(backbone: str, layout: Layout, statistics: Mapping, image_size: 
                 feedforward_dim: int = 1024, dropout: float = 0.1, use_self_attention: bool = True,
                 use_cross_attention: bool = True, use_structure_encoding: bool = True,
                 head_init: str = "release", embedding_init: str = "release",
-                initial_content: str = "zeros") -> nn.Module:
+                initial_content: str = "zeros", mean_face: str = "training") -> nn.Module:
     from facemark.models.slpt import BACKBONES, SLPTConfig, build_slpt
 
     _check_backbone(backbone, "slpt", BACKBONES)
+    del mean_face  # used by _slpt_statistics only (the model takes the statistics' mean face)
     config = SLPTConfig(
         num_points=layout.num_points, backbone=backbone, num_stages=num_stages, num_layers=num_layers,
         patch_samples=patch_samples, initial_patch_size=initial_patch_size, embed_dim=embed_dim,
@@ -232,31 +246,3 @@ def build_model_from_spec(spec: Mapping, methods: Mapping[str, Method]) -> nn.Mo
     method = get_method(spec["method"], methods)
     layout = Layout.from_dict(spec["layout"])
     return method.build_model(spec["backbone"], layout, spec["statistics"], int(spec["image_size"]), **spec["options"])
-
-
-def load_pretrained_backbone(model: nn.Module, path: str | Path) -> str:
-    """Load an ImageNet checkpoint (a local file; nothing is downloaded) into the model's backbone.
-
-    The ImageNet network inside ``model.backbone`` (an HRNet or a ResNet, possibly wrapped, e.g.
-    SLPT's ResNet34 fusion or SDFL's last-feature-map wrapper) is found and loaded with the
-    backbone module's own loader (matching by parameter name). Returns a one-line summary.
-    """
-    from facemark.models.hrnet import HRNet, load_imagenet_hrnet
-    from facemark.models.resnet import ResNet, load_imagenet_resnet
-
-    backbone = getattr(model, "backbone", None)
-    if backbone is None:
-        raise ValueError(f"model.pretrained={path}: this model has no .backbone to load it into")
-    for name, module in backbone.named_modules():
-        if isinstance(module, HRNet):
-            report = load_imagenet_hrnet(module, path)
-        elif isinstance(module, ResNet):
-            report = load_imagenet_resnet(module, path)
-        else:
-            continue
-        where = f"backbone.{name}" if name else "backbone"
-        return (f"model.pretrained: {len(report['matched'])} tensors of {path} loaded into {where} "
-                f"({len(report['missing'])} missing, {len(report['unexpected'])} unused, "
-                f"{len(report['shape_mismatch'])} shape mismatches)")
-    raise ValueError(f"model.pretrained={path}: no HRNet or ResNet inside this model's backbone "
-                     f"({type(backbone).__name__}); ImageNet loading is supported for those two")

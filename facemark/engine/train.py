@@ -17,11 +17,16 @@ schedule, scaler, RNG states and data order, so a killed run ends exactly where 
 uninterrupted one would (bit-exact on CPU; on GPU with ``runtime.deterministic=true``).
 
 Outputs in ``runtime.output_dir``: ``config.yaml`` (resolved), ``last.pt``, ``best.pt``,
-``metrics.csv`` (one row per epoch), ``train.log``, ``tensorboard/`` (when installed).
+``metrics.csv`` (one row per epoch), ``train.log``, ``tensorboard/`` (when installed),
+``pretrained_report.json`` (with ``model.pretrained``: what the ImageNet file gave the backbone,
+:mod:`facemark.engine.pretrained`), and with ``runtime.report_best_and_last`` the test-split
+results of the selected epoch and of the last epoch side by side (``results.json``,
+``results.md``, ``eval_best_*/``, ``eval_last_*/``).
 """
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -54,13 +59,19 @@ from facemark.engine.methods import (
     check_method_options,
     compute_method_statistics,
     get_method,
-    load_pretrained_backbone,
 )
+from facemark.engine.pretrained import check_pretrained_file, load_pretrained_backbone
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "build_optimizer", "build_scheduler", "scheduler_steps_per_batch",
            "seed_everything"]
 
 LOGGER_NAME = "facemark.train"
+# The rows of the final report (runtime.report_best_and_last), by what picked the epoch.
+REPORT_LABELS = {
+    "test": "best epoch on the test set (authors' protocol)",
+    "val": "best epoch on the validation split (held out)",
+    "last": "last epoch (no test-set selection)",
+}
 CSV_COLUMNS = ["epoch", "global_step", "lr", "train_loss", "val_nme", "best_val_nme", "epoch_seconds", "images_per_second"]
 
 
@@ -79,6 +90,9 @@ class TrainResult:
     best_epoch: int | None
     epochs_completed: int
     model: nn.Module
+    # runtime.report_best_and_last: the text table and the run's results.json (else None).
+    report_table: str | None = None
+    report_path: Path | None = None
 
 
 # -- building blocks -----------------------------------------------------------------------------
@@ -299,6 +313,7 @@ class _Run:
     logger: logging.Logger
     spec: dict
     model: nn.Module
+    methods: Mapping[str, Method]
     train_model: nn.Module  # ``model``, or its DistributedDataParallel wrapper
     loss_function: object
     optimizer: torch.optim.Optimizer
@@ -333,6 +348,8 @@ def _check_recipe(config: TrainConfig, methods: Mapping[str, Method], resume: bo
     if not resume and last_path.is_file():
         raise FileExistsError(f"{output_dir} already holds a run ({last_path}); pass --resume to continue it "
                               "or choose another runtime.output_dir")
+    if config.model.pretrained and not resume:  # a resumed run takes its weights from last.pt
+        check_pretrained_file(config.model.pretrained, config.model.backbone)
     return _Recipe(method, augmentation, crop, output_dir, last_path, best_path)
 
 
@@ -381,6 +398,8 @@ def _load_data(config: TrainConfig, logger: logging.Logger) -> _Data:
         train_set, selection = train_full, None
         logger.warning("no validation data (data.val_fraction=0, no data.val_split): best.pt is the last epoch")
     check_dataset_images(train_set, selection)  # every unreadable image at once, before the first epoch
+    if runtime.report_best_and_last and runtime.select_on != "test":
+        load_dataset(data.dataset, data.root, data.test_split)  # the final report needs it: fail now, not then
     logger.info("data: %s %s, %d training faces, %s", data.dataset, data.root, len(train_set),
                 f"{len(selection)} selection faces ({selection.split})" if selection is not None else "no validation")
     return _Data(train_set, selection, train_set.layout)
@@ -414,7 +433,10 @@ def _build_model(config: TrainConfig, recipe: _Recipe, data: _Data, spec: dict, 
     runtime = config.runtime
     model = build_model_from_spec(spec, methods)
     if config.model.pretrained and fresh:
-        logger.info("%s", load_pretrained_backbone(model, config.model.pretrained))
+        report = load_pretrained_backbone(model, config.model.pretrained)
+        logger.info("%s", report.summary())
+        if context.is_main:
+            logger.info("pretrained load report: %s", report.write(recipe.output_dir / "pretrained_report.json"))
     model.to(context.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)  # the 4-d (convolution) weights
@@ -636,12 +658,26 @@ def _end_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int, trained:
     }
     save_checkpoint(checkpoint, run.recipe.last_path)
     if improved:
-        save_checkpoint(checkpoint, run.recipe.best_path)
+        _same_checkpoint_as(run.recipe.best_path, run.recipe.last_path, checkpoint)
     run.logger.info(
         "epoch %d/%d: loss %.5f, lr %.2e, %s%.1f img/s, %s/epoch, ETA %s%s", epoch + 1, epochs, trained["train_loss"],
-        trained["lr"], "" if val_nme is None else f"val NME {100 * val_nme:.3f}%, ", rate,
+        trained["lr"], "" if val_nme is None else f"{config.runtime.select_on} NME {100 * val_nme:.3f}%, ", rate,
         _format_seconds(trained["seconds"]), _format_seconds(average_seconds() * (epochs - epoch - 1)),
         " (best)" if improved and val_nme is not None else "")
+
+
+def _same_checkpoint_as(path: Path, written: Path, checkpoint: dict) -> None:
+    """Make ``path`` hold the checkpoint just written to ``written``: a hard link (no second write
+    of a file of hundreds of MB; ``written`` is only ever replaced by rename, so the link keeps
+    this epoch), renamed into place atomically; a second write where links are not supported."""
+    temporary = path.with_name(f".{path.name}.link")
+    try:
+        temporary.unlink(missing_ok=True)
+        os.link(written, temporary)
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        save_checkpoint(checkpoint, path)
 
 
 def _run_epochs(run: _Run, progress: _Progress) -> int:
@@ -665,6 +701,43 @@ def _run_epochs(run: _Run, progress: _Progress) -> int:
         if run.context.distributed:
             torch.distributed.barrier()
     return epochs
+
+
+def _report_best_and_last(run: _Run, progress: _Progress, last_epoch: int) -> tuple[str, Path]:
+    """``runtime.report_best_and_last``: best.pt and last.pt evaluated on the test split exactly as
+    ``facemark evaluate`` does (each in ``eval_{best,last}_<dataset>_<split>/``), side by side in
+    one table (logged, ``results.md``) and in the run's ``results.json``, each row labelled with the
+    protocol that picked it and its epoch."""
+    from facemark.engine.evaluate import evaluate
+    from facemark.metrics import compare_markdown, compare_table
+
+    config, recipe = run.config, run.recipe
+    data, runtime = config.data, config.runtime
+    rows = []
+    if run.data.selection is not None and recipe.best_path.is_file():
+        rows.append(("best", REPORT_LABELS[runtime.select_on], progress.best_epoch, recipe.best_path))
+    rows.append(("last", REPORT_LABELS["last"], last_epoch, recipe.last_path))
+    results, entries = {}, []
+    evaluated: dict[int, tuple] = {}  # epoch -> (results, folder): best and last may be the same epoch
+    for key, label, epoch, path in rows:
+        if epoch not in evaluated:
+            folder = recipe.output_dir / f"eval_{key}_{data.dataset}_{data.test_split.replace('/', '_')}"
+            evaluated[epoch] = (evaluate(path, data.root, dataset=data.dataset, split=data.test_split,
+                                         output_dir=folder, device=str(run.context.device),
+                                         batch_size=runtime.eval_batch_size, workers=data.workers,
+                                         progress=runtime.progress, methods=run.methods), folder)
+        epoch_results, folder = evaluated[epoch]
+        results[f"{label}, epoch {epoch}"] = epoch_results
+        entries.append({"protocol": key, "label": label, "epoch": epoch, "checkpoint": path.name,
+                        "evaluation": folder.name, "summary": epoch_results.summary()})
+    table = compare_table(results)
+    (recipe.output_dir / "results.md").write_text(compare_markdown(results) + "\n")
+    path = recipe.output_dir / "results.json"
+    path.write_text(json.dumps({"format": "facemark.training_results", "version": 1, "dataset": data.dataset,
+                                "split": data.test_split, "select_on": runtime.select_on, "rows": entries},
+                               indent=1) + "\n")
+    run.logger.info("test-split results of the selected and the last epoch (%s):\n%s", path, table)
+    return table, path
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -702,8 +775,8 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         # Different dropout masks on each rank (the weights are kept equal by DDP).
         torch.manual_seed(config.runtime.seed + context.rank)
         optimizer, scaler, use_amp = _build_optimisation(config, model, context, logger)
-        run = _Run(config, recipe, data, context, logger, spec, model, train_model, loss_function, optimizer, scaler,
-                   use_amp)
+        run = _Run(config, recipe, data, context, logger, spec, model, methods, train_model, loss_function, optimizer,
+                   scaler, use_amp)
         if state is not None:
             run.resumed_from = resumed_from
         progress = _restore(run, state)
@@ -718,11 +791,14 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         epochs = _run_epochs(run, progress)
 
         best_path, best_metric = recipe.best_path, progress.best_metric
+        result = TrainResult(recipe.output_dir, recipe.last_path, best_path if best_path.is_file() else None,
+                             best_metric, progress.best_epoch, epochs, model)
         if context.is_main:
-            logger.info("done: %s%s", recipe.last_path, f"; best {best_path} (epoch {progress.best_epoch}, val NME "
-                        f"{100 * best_metric:.3f}%)" if best_metric is not None else "")
-        return TrainResult(recipe.output_dir, recipe.last_path, best_path if best_path.is_file() else None,
-                           best_metric, progress.best_epoch, epochs, model)
+            logger.info("done: %s%s", recipe.last_path, f"; best {best_path} (epoch {progress.best_epoch}, "
+                        f"{config.runtime.select_on} NME {100 * best_metric:.3f}%)" if best_metric is not None else "")
+            if config.runtime.report_best_and_last:
+                result.report_table, result.report_path = _report_best_and_last(run, progress, epochs)
+        return result
     finally:
         torch.use_deterministic_algorithms(previous_switches[0])
         torch.backends.cudnn.benchmark = previous_switches[1]
