@@ -192,7 +192,7 @@ def test_unreadable_images_are_one_error_on_the_command_line(tmp_path, capsys):
     garbage, truncated = _corrupt_two_images(tmp_path / "data")
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(Path(__file__).resolve().parents[1] / "configs" / "slpt_hrnet_wflw.yaml"),
-              f"data.root={tmp_path / 'data'}", "data.workers=0", "runtime.device=cpu",
+              f"data.root={tmp_path / 'data'}", "data.workers=0", "runtime.device=cpu", "model.pretrained=null",
               f"runtime.output_dir={tmp_path / 'run'}", "runtime.progress=false", "runtime.tensorboard=false"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2

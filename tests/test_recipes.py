@@ -10,7 +10,6 @@ each key gets its own value so that a test can tell which tensor went where.
 """
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine_fixtures import HRNET_IMAGENET_KEYS, read_key_list, write_state_dict_like
 from facemark.engine.checkpoint import load_checkpoint
 from facemark.engine.config import load_config
 from facemark.engine.pretrained import PretrainedWeightsError, load_pretrained_backbone
@@ -25,7 +25,6 @@ from facemark.engine.train import REPORT_LABELS, train
 
 TESTS_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = TESTS_DIR.parent / "configs"
-HRNET_IMAGENET_KEYS = TESTS_DIR / "data" / "hrnet_w18_imagenet_state_dict.txt"
 SLPT_PAPER_RECIPES = sorted(path.name for path in CONFIG_DIR.glob("slpt_*.yaml"))
 
 
@@ -35,30 +34,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def read_key_list(path: Path) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, shape = line.split("\t")
-            shapes[key] = tuple(ast.literal_eval(shape))
-    return shapes
-
-
-def write_state_dict_like(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """A state dict with these keys and shapes; tensor k holds one value (see the module docstring):
-    small weights, BatchNorm scale and variance near 1, so the network stays well-behaved."""
-    state = {}
-    for k, (key, shape) in enumerate(shapes.items()):
-        if key.endswith("num_batches_tracked"):
-            value = torch.tensor(k, dtype=torch.int64)
-        else:
-            near_one = key.endswith("running_var") or (key.endswith(".weight") and len(shape) == 1)
-            value = torch.tensor((1.0 if near_one else 0.0) + 1e-3 * (1 + k / len(shapes)), dtype=torch.float32)
-        state[key] = value.expand(shape)
-    torch.save(state, path)
-    return state
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine_fixtures import HRNET_IMAGENET_KEYS, read_key_list, write_state_dict_like
 from facemark.data import load_dataset
 from facemark.data.synthface import generate_dataset
 from facemark.data.transforms import CropConvention, image_to_tensor
@@ -39,23 +40,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def imagenet_hrnet_file(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A stand-in for hrnetv2_w18_imagenet_pretrained.pth with exactly its keys and shapes
-    (tests/data/hrnet_w18_imagenet_keys.txt: "key<TAB>comma-separated shape", from the facts list),
-    filled with seeded values that keep BatchNorm statistics valid; saved to ``path``."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for line in (TESTS_DIR / "data" / "hrnet_w18_imagenet_keys.txt").read_text().splitlines():
-        key, shape_text = line.split("\t")
-        shape = tuple(int(v) for v in shape_text.split(",")) if shape_text else ()
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(1000, dtype=torch.int64)
-        elif key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(shape, generator=generator)
-        else:
-            state[key] = 0.02 * torch.randn(shape, generator=generator)
-    torch.save(state, path)
-    return state
+def imagenet_hrnet_file(path: Path) -> dict[str, torch.Tensor]:
+    """A stand-in for hrnetv2_w18_imagenet_pretrained.pth with exactly its keys and shapes, saved to ``path``."""
+    return write_state_dict_like(path, read_key_list(HRNET_IMAGENET_KEYS))
 
 
 @pytest.fixture(scope="module")
