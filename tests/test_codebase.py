@@ -62,8 +62,9 @@ def test_make_test_prints_the_summary_line():
 # Documentation of the product, not a diary: measurements are dated and come with their command,
 # and no text says which work session measured what. (docs/training.md, sdfl.md, slpt.md and the
 # configs' headers are checked by their owners' tests once rewritten.)
-PRODUCT_DOCS = ["README.md", "docs/demo.md", "docs/inference.md", "docs/experiments.md", *(
-    path.relative_to(ROOT).as_posix() for path in sorted((ROOT / "benchmarks").glob("*.py")))]
+PRODUCT_DOCS = ["README.md", *(path.relative_to(ROOT).as_posix() for folder, pattern in
+                                (("docs", "*.md"), ("configs", "*.yaml"), ("benchmarks", "*.py"))
+                                for path in sorted((ROOT / folder).glob(pattern)))]
 DIARY = re.compile(r"\bsessions?[- ]\d|\bsession \d|\bwork periods?\b|\bsitting\b", re.IGNORECASE)
 
 
