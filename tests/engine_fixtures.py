@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -17,6 +18,16 @@ from facemark.data import wflw_annotation_path, write_wflw_annotations
 from facemark.engine.config import load_config
 from facemark.engine.methods import Method
 from facemark.layouts import get_layout
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread in each test of a module that imports this fixture: bit-exact comparisons
+    between runs need the same thread count everywhere, and tests share a 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_wflw_fixture(root: Path, num_train: int = 6, num_test: int = 3, size: int = 64, seed: int = 0) -> Path:

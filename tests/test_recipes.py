@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine_fixtures import HRNET_IMAGENET_KEYS, read_key_list, write_state_dict_like
+from engine_fixtures import HRNET_IMAGENET_KEYS, read_key_list, write_state_dict_like, one_thread  # noqa: F401 (autouse fixture)
 from facemark.engine.checkpoint import load_checkpoint
 from facemark.engine.config import load_config
 from facemark.engine.pretrained import PretrainedWeightsError, load_pretrained_backbone
@@ -26,14 +26,6 @@ from facemark.engine.train import REPORT_LABELS, train
 TESTS_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = TESTS_DIR.parent / "configs"
 SLPT_PAPER_RECIPES = sorted(path.name for path in CONFIG_DIR.glob("slpt_*.yaml"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine_fixtures import HRNET_IMAGENET_KEYS, read_key_list, write_state_dict_like
+from engine_fixtures import HRNET_IMAGENET_KEYS, read_key_list, write_state_dict_like, one_thread  # noqa: F401 (autouse fixture)
 from facemark.data import load_dataset
 from facemark.data.synthface import generate_dataset
 from facemark.data.transforms import CropConvention, image_to_tensor
@@ -30,14 +30,6 @@ PAPER_RECIPES = ["sdfl_hrnet_wflw", "sdfl_hrnet_300w", "sdfl_hrnet_cofw", "sdfl_
 # The SynthFace format and test split of each recipe's dataset.
 DATASET_OF = {"wflw": ("wflw", "test"), "300w": ("300w", "full"), "cofw": ("cofw", "test")}
 IMAGENET_CLASSIFIER_PARTS = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def imagenet_hrnet_file(path: Path) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine_fixtures import TINY_METHODS, make_wflw_fixture, tiny_config
+from engine_fixtures import TINY_METHODS, make_wflw_fixture, tiny_config, one_thread  # noqa: F401 (autouse fixture)
 from facemark.data import load_dataset
 from facemark.data.transforms import CropConvention
 from facemark.engine.checkpoint import load_checkpoint
@@ -30,15 +30,6 @@ TESTS_DIR = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def fixture_root(tmp_path_factory) -> Path:
     return make_wflw_fixture(tmp_path_factory.mktemp("wflw"), num_train=6, num_test=3)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Bit-exact comparisons between runs need the same intra-op thread count everywhere.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _weights(state_dict) -> dict:
