@@ -183,7 +183,14 @@ def _print_dataset_warnings(command: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, commands = build_parser()
-    args = parser.parse_args(argv)
+    args, unparsed = parser.parse_known_args(argv)
+    if unparsed:
+        # argparse cannot take positionals after an option (`train CONFIG --resume KEY=VALUE`): config
+        # overrides given after the options are still overrides; anything else is an argument error.
+        if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in unparsed):
+            args.overrides = [*args.overrides, *unparsed]
+        else:
+            (commands[args.command] if args.command else parser).error(f"unrecognized arguments: {' '.join(unparsed)}")
     if args.command is None:
         parser.print_help()
         return 2

@@ -1,6 +1,7 @@
 """The command line as a user meets it: help, errors, and each wired subcommand on tiny inputs."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,14 @@ def test_synth_bad_arguments(argv, message, capsys):
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
+
+
+def test_config_overrides_may_follow_the_options(capsys):
+    # argparse alone refuses positionals after an option: `train CONFIG --print-config KEY=VALUE`.
+    config = Path(__file__).resolve().parents[1] / "configs" / "synthface_slpt_cpu.yaml"
+    assert main(["train", str(config), "--print-config", "optim.lr=0.5", "optim.epochs=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "lr: 0.5" in printed and "epochs: 3" in printed
+    with pytest.raises(SystemExit):
+        main(["train", str(config), "--print-config", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -165,3 +165,10 @@ def test_format_1_checkpoints_with_pickled_numpy_still_load(trained, tmp_path):
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.model(images).landmarks, reference.model(images).landmarks)
+
+
+def test_a_file_that_is_no_weights_file_says_so(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("these are not weights\n")
+    with pytest.raises(WeightsError, match=r"notes\.pt could not be read: it is not a PyTorch weights file"):
+        Predictor(text, detector=None)

@@ -65,6 +65,13 @@ def read_weights_file(path: str | Path, what: str = "weights", map_location: str
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated, not a torch file, or holding something not allowed
         message = str(error)
+        with open(path, "rb") as file:
+            start = file.read(4)
+        # Pickles of protocol 2 and above (what torch.save writes, also inside its zip archives)
+        # start with PROTO (0x80); a zip archive with "PK".
+        if not start.startswith((b"\x80", b"PK")):
+            raise WeightsError(f"{what} file {path} could not be read: it is not a PyTorch weights file "
+                               "(neither torch.save's zip archive nor a pickle)") from None
         if "WeightsUnpickler error" in message or "Unsupported global" in message:
             found = re.search(r"Unsupported global: GLOBAL (\S+)", message) or re.search(r"WeightsUnpickler error:\s*(.+)", message)
             reason = (f"it holds pickled Python objects, not only tensors and plain values ({found.group(1).strip()}); "
