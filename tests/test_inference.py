@@ -58,7 +58,7 @@ def mean_face() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def mean_face_predictor(mean_face) -> Predictor:
-    return Predictor(MeanFaceModel(mean_face), layout="wflw98", crop_convention=slpt_crop_convention())
+    return Predictor(MeanFaceModel(mean_face), layout="wflw98", crop_convention=slpt_crop_convention(), detector="haar")
 
 
 # Hand-marked on the astronaut photo (512 x 512): eye centres and mouth centre, in pixels.

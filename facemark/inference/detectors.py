@@ -417,7 +417,7 @@ class DlibHogFaceDetector:
 
     def __init__(self, min_face_size: float | None = None, max_side: int = 640, threshold: float = 0.0,
                  calibration: BoxCalibration | None = None) -> None:
-        dlib = _import_extra("dlib", "dlib", "dlib")
+        dlib = _import_extra("dlib", "dlib-hog", "dlib")
         self._detector = dlib.get_frontal_face_detector()
         self.min_face_size = _check_min_face_size(min_face_size)
         self.max_side = max_side
@@ -514,9 +514,11 @@ def detector_installed(name: str) -> bool:
     if name not in _EXTRAS:
         raise ValueError(f"unknown face detector {name!r}; expected one of {', '.join(DETECTOR_NAMES)}")
     module = _EXTRAS[name][0]
-    if module == "mediapipe":  # releases after 0.10.21 have no BlazeFace solution
-        return find_spec("mediapipe") is not None and find_spec("mediapipe.python.solutions.face_detection") is not None
-    return find_spec(module) is not None
+    modules = [module, "mediapipe.python.solutions.face_detection"] if module == "mediapipe" else [module]  # releases after 0.10.21 lack it
+    try:
+        return all(find_spec(m) is not None for m in modules)
+    except (ImportError, ValueError):  # a parent package that cannot be imported, or None in sys.modules
+        return False
 
 
 def make_detector(name: str = "auto", *, yunet_model: str | Path | None = None, min_face_size: float | None = None,
