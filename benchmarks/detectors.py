@@ -122,7 +122,7 @@ def box_nme(calibrated: np.ndarray, target: np.ndarray, landmarks: np.ndarray) -
 
 
 def run_detector(detector, photos: list[Photo], images: list[np.ndarray], repeats: int) -> dict:
-    per_image_ms, found_pairs, false_detections = [], [], 0
+    per_image_ms, found_pairs, false_detections, per_photo = [], [], 0, {}
     faces = sum(len(photo.landmarks) for photo in photos)
     for index, (photo, image) in enumerate(zip(photos, images)):
         times = []
@@ -135,9 +135,10 @@ def run_detector(detector, photos: list[Photo], images: list[np.ndarray], repeat
         targets = [np.array(landmark_box(points)) for points in photo.landmarks]
         pairs = match(detections, targets)
         false_detections += len(detections) - len(pairs)
+        per_photo[photo.path.name] = {"faces": len(targets), "found": len(pairs), "false": len(detections) - len(pairs)}
         found_pairs += [(index, detections[d, :4], targets[f], photo.landmarks[f]) for d, f in pairs]
     result = {"faces": faces, "found": len(found_pairs), "false_detections": false_detections,
-              "ms_per_image": float(np.mean(per_image_ms)), "photos": len(photos)}
+              "ms_per_image": float(np.mean(per_image_ms)), "photos": len(photos), "per_photo": per_photo}
     if len(found_pairs) >= 2:
         boxes = np.array([p[1] for p in found_pairs])
         targets = np.array([p[2] for p in found_pairs])
@@ -201,6 +202,12 @@ def main(argv=None) -> int:
         raw = r.get("box_nme_io_uncalibrated")
         print(f"| {name} | {r['found']}/{r['faces']} ({100 * r['found'] / r['faces']:.0f} %) | {r['false_detections']} | {r['ms_per_image']:.1f} | "
               f"{'-' if held is None else f'{100 * held:.1f} %'} | {'-' if raw is None else f'{100 * raw:.1f} %'} | {calibration} | {spread} |")
+    print("\nFound / annotated faces (+ false detections) per photograph:\n")
+    print("| photograph | faces | " + " | ".join(results) + " |")
+    print("|---|---|" + "---|" * len(results))
+    for photo in photos:
+        cells = [f"{r['per_photo'][photo.path.name]['found']}" + (f" (+{r['per_photo'][photo.path.name]['false']})" if r["per_photo"][photo.path.name]["false"] else "") for r in results.values()]
+        print(f"| {photo.path.name} | {len(photo.landmarks)} | " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
