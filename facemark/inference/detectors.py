@@ -339,7 +339,7 @@ class DetectorNotInstalledError(RuntimeError):
     """A detector whose optional package is not installed; the message names the ``pip install``."""
 
 
-def _import_extra(module: str, detector: str, extra: str):
+def _import_extra(module: str, detector: str, extra: str, note: str = ""):
     """``import module``, or an error naming the pip command that installs ``detector``'s extra."""
     from importlib import import_module
 
@@ -348,11 +348,14 @@ def _import_extra(module: str, detector: str, extra: str):
     except ImportError as error:
         raise DetectorNotInstalledError(
             f"face detector {detector!r} needs the Python package {module!r}, which is not installed "
-            f"({error}); install it with: pip install 'facemark[{extra}]'"
+            f"({error}); install it with: pip install 'facemark[{extra}]'{note}"
         ) from None
 
 
 # -- MediaPipe BlazeFace -----------------------------------------------------------------------------
+_MEDIAPIPE_NOTE = " (mediapipe 0.10.21, the last release that ships the BlazeFace models, has no wheel for Python 3.13 or later)"
+
+
 class MediaPipeFaceDetector:
     """Google MediaPipe's BlazeFace (``pip install 'facemark[mediapipe]'``; the models ship inside
     the mediapipe wheel, nothing is downloaded).
@@ -371,13 +374,13 @@ class MediaPipeFaceDetector:
                  calibration: BoxCalibration | None = None) -> None:
         if model not in ("full", "short"):
             raise ValueError(f"MediaPipeFaceDetector: model must be 'full' or 'short', got {model!r}")
-        mediapipe = _import_extra("mediapipe", f"mediapipe-{model}", "mediapipe")
+        mediapipe = _import_extra("mediapipe", f"mediapipe-{model}", "mediapipe", _MEDIAPIPE_NOTE)
         solutions = getattr(mediapipe, "solutions", None)
         if solutions is None or not hasattr(solutions, "face_detection"):
             raise DetectorNotInstalledError(
                 f"face detector 'mediapipe-{model}': mediapipe {getattr(mediapipe, '__version__', '?')} has no "
                 "mediapipe.solutions.face_detection (releases after 0.10.21 no longer ship the BlazeFace models); "
-                "install it with: pip install 'facemark[mediapipe]'"
+                "install it with: pip install 'facemark[mediapipe]'" + _MEDIAPIPE_NOTE
             )
         self.model = model
         self.min_confidence = float(min_confidence)
