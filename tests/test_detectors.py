@@ -308,3 +308,58 @@ def test_jpeg_exif_orientation_is_honoured(tmp_path):
     assert raw.shape == (32, 64, 3) and raw[:, :16].mean() > 200
     path.write_bytes(_jpeg_with_orientation(stored, 1))  # 1: as stored
     assert read_image_rgb(path).shape == (32, 64, 3)
+
+
+def _write_bright_square_yunet(path) -> None:
+    """A stand-in YuNet ONNX model (no real one may be downloaded): the outputs OpenCV's
+    cv2.FaceDetectorYN reads (cls/obj/bbox/kps at strides 8, 16, 32), where the stride-32 cell's
+    score is its mean brightness / 255 and every box is 64 x 64 pixels, centred at the cell's
+    top-left corner (YuNet's box decoding: centre = (column + dx) * stride, side = exp(dw) * stride)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    initialisers = [
+        numpy_helper.from_array(np.array([1, -1, 1], np.int64), "to_rows"),
+        numpy_helper.from_array(np.array([255.0], np.float32), "white"),
+        numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+        numpy_helper.from_array(np.array([[[0.0, 0.0, np.log(2.0), np.log(2.0)]]], np.float32), "box_row"),
+        numpy_helper.from_array(np.zeros((1, 1, 10), np.float32), "keypoint_row"),
+    ]
+    nodes, outputs = [], []
+    for stride in (8, 16, 32):
+        nodes += [
+            helper.make_node("AveragePool", ["input"], [f"pool{stride}"], kernel_shape=[stride, stride], strides=[stride, stride]),
+            helper.make_node("ReduceMean", [f"pool{stride}"], [f"grey{stride}"], axes=[1], keepdims=1),
+            helper.make_node("Reshape", [f"grey{stride}", "to_rows"], [f"rows{stride}"]),
+            helper.make_node("Div", [f"rows{stride}", "white"], [f"bright{stride}"]),
+            helper.make_node("Mul", [f"bright{stride}", "zero"], [f"nothing{stride}"]),
+        ]
+        score = f"bright{stride}" if stride == 32 else f"nothing{stride}"
+        nodes += [
+            helper.make_node("Identity", [score], [f"cls_{stride}"]),
+            helper.make_node("Identity", [score], [f"obj_{stride}"]),
+            helper.make_node("Add", [f"nothing{stride}", "box_row"], [f"bbox_{stride}"]),
+            helper.make_node("Add", [f"nothing{stride}", "keypoint_row"], [f"kps_{stride}"]),
+        ]
+        for kind, width in (("cls", 1), ("obj", 1), ("bbox", 4), ("kps", 10)):
+            outputs.append(helper.make_tensor_value_info(f"{kind}_{stride}", TensorProto.FLOAT, [1, f"cells{stride}", width]))
+    graph = helper.make_graph(nodes, "bright_square_yunet", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "height", "width"])],
+                              outputs, initialisers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_yunet_reads_opencv_face_detector_outputs(tmp_path):
+    model = tmp_path / "yunet.onnx"
+    _write_bright_square_yunet(model)
+    detector = make_detector("auto", yunet_model=model)  # a YuNet file given: auto is YuNet
+    assert isinstance(detector, FaceDetector) and detector.name == "yunet"
+    image = np.zeros((320, 320, 3), np.uint8)
+    image[64:96, 96:128] = 255  # the stride-32 cell of row 2, column 3
+    np.testing.assert_allclose(detector.detect(image), [[64, 32, 128, 96, 1.0]], atol=1e-4)
+    # A large image is downscaled to 640 px first; the boxes come back in its own pixels.
+    big = cv2.resize(image, (1280, 1280), interpolation=cv2.INTER_NEAREST)
+    half = cv2.resize(big, (640, 640), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(detector.detect(big)[:, :4], 2 * detector.detect(half)[:, :4], atol=1e-3)
+    assert make_detector("yunet", yunet_model=model, min_face_size=100).detect(image).shape == (0, 5)
