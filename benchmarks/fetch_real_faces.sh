@@ -12,7 +12,8 @@
 #    (.pts files, 1-based; lenna.ljson).
 #
 # Usage: bash benchmarks/fetch_real_faces.sh [TARGET]   (default TARGET: data/real_faces)
-# Needs apt-get (Debian's source index is fetched into a temporary folder, nothing is changed in
+# Downloads about 210 MB (apt-get source also fetches the package's 200 MB model tarball, unused and
+# deleted). Needs apt-get (Debian's source index is fetched into a temporary folder, nothing is changed in
 # the system's apt configuration) and pip.
 set -euo pipefail
 target="${1:-data/real_faces}"
