@@ -58,7 +58,7 @@ def mean_face() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def mean_face_predictor(mean_face) -> Predictor:
-    return Predictor(MeanFaceModel(mean_face), layout="wflw98", crop_convention=slpt_crop_convention())
+    return Predictor(MeanFaceModel(mean_face), layout="wflw98", crop_convention=slpt_crop_convention(), detector="haar")
 
 
 # Hand-marked on the astronaut photo (512 x 512): eye centres and mouth centre, in pixels.
@@ -464,3 +464,24 @@ def test_predict_says_no_drawings_when_none_were_written(tmp_path, mean_face_onn
     printed = capsys.readouterr().out
     assert code == 1
     assert "drawings in" not in printed and "no drawings written" in printed
+
+
+def test_predict_command_detector_options(tmp_path, astronaut, mean_face_onnx, capsys):
+    image = tmp_path / "astronaut.png"
+    cv2.imwrite(str(image), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    code = run_predict(_predict_args([str(image), "--weights", mean_face_onnx, "--detector", "haar", "--out", str(out), "--no-progress"]))
+    document = json.loads((out / "predictions.json").read_text())
+    assert code == 0 and document["detector"] == "haar:haarcascade_frontalface_default"
+    assert "real faces" in document["detector_calibration"]["source"] and len(document["images"][0]["faces"]) == 1
+    # Her face is ~95 px: a 150-pixel minimum finds nothing, and says so.
+    code = run_predict(_predict_args([str(image), "--weights", mean_face_onnx, "--detector", "haar", "--min-face-size", "150",
+                                      "--out", str(out), "--no-progress"]))
+    assert code == 0 and json.loads((out / "predictions.json").read_text())["images"][0]["faces"] == []
+    assert "no face found" in capsys.readouterr().err
+    from facemark.errors import CommandError
+
+    with pytest.raises(CommandError, match="YuNet model file .*missing.onnx does not exist"):
+        run_predict(_predict_args([str(image), "--weights", mean_face_onnx, "--yunet-model", str(tmp_path / "missing.onnx"), "--out", str(out)]))
+    with pytest.raises(CommandError, match="min_face_size must be a positive number"):
+        run_predict(_predict_args([str(image), "--weights", mean_face_onnx, "--min-face-size", "-3", "--out", str(out)]))

