@@ -135,6 +135,13 @@ def _add_bench(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
     return run_bench
 
 
+# --- facemark explain (facemark.explain.commands) -----------------------------------------------
+def _add_explain(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    from facemark.explain.commands import add_explain_arguments
+
+    return add_explain_arguments(parser)
+
+
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]]] = {
     "demo": ("the main job on built-in data: generate SynthFace, train SLPT and an FC baseline, compare them with the mean shape, write a report", _add_demo),
     "layouts": ("list the landmark layouts or describe one", _add_layouts),
@@ -144,6 +151,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable[[ar
     "score": ("re-score a predictions file against a benchmark's ground truth, without the model", _add_score),
     "predict": ("landmarks for image files, folders and videos (JSON/CSV, drawn images)", _add_predict),
     "export": ("export a model to ONNX or TorchScript", _add_export),
+    "explain": ("the SLPT / SDFL papers' figures for a checkpoint: patches, attention, encodings, graphs, occlusion", _add_explain),
     "bench": ("time a model: latency and throughput per backend, detection separately", _add_bench),
 }
 

@@ -42,6 +42,7 @@ __all__ = [
     "SLPT",
     "build_slpt",
     "MultiheadAttention",
+    "Tap",
     "InherentRelationLayer",
     "MultiScaleFusion",
     "resnet34_fused",
@@ -375,16 +376,28 @@ def _bilinear_by_sparse_product(feature_map: torch.Tensor, x: torch.Tensor, y: t
 # ------------------------------------------------------------------------------------------------
 # Inherent relation layers
 # ------------------------------------------------------------------------------------------------
+class Tap(nn.Identity):
+    """A named point of the forward pass where a forward hook can read an intermediate tensor
+    (``facemark explain``); returns its input unchanged and holds no parameters."""
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head attention with ``nn.MultiheadAttention``'s parameters (packed ``in_proj_weight``
     = [W_q; W_k; W_v], ``in_proj_bias``, ``out_proj``) computed with ``scaled_dot_product_attention``.
-    Inputs are batch-first (B, length, embed_dim). ``dropout`` acts on the attention weights."""
+    Inputs are batch-first (B, length, embed_dim). ``dropout`` acts on the attention weights.
+
+    ``expose_weights = True`` (off by default; ``facemark explain`` sets it) computes the softmax
+    weights explicitly, passes them (B, heads, queries, keys) through ``weights_tap`` where a forward
+    hook reads them, and applies them: the same output as the fused kernel up to float rounding.
+    """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.dropout = dropout
+        self.expose_weights = False
+        self.weights_tap = Tap()
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
         self.out_proj = nn.Linear(embed_dim, embed_dim)
@@ -413,10 +426,16 @@ class MultiheadAttention(nn.Module):
             q = F.linear(query, weight[:d], bias[:d])
             k = F.linear(key, weight[d: 2 * d], bias[d: 2 * d])
         v = F.linear(value, weight[2 * d:], bias[2 * d:])
-        attended = F.scaled_dot_product_attention(
-            self._split_heads(q), self._split_heads(k), self._split_heads(v),
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        if self.expose_weights:
+            q, k = self._split_heads(q), self._split_heads(k)
+            weights = self.weights_tap(torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1))
+            weights = F.dropout(weights, self.dropout, self.training)
+            attended = weights @ self._split_heads(v)
+        else:
+            attended = F.scaled_dot_product_attention(
+                self._split_heads(q), self._split_heads(k), self._split_heads(v),
+                dropout_p=self.dropout if self.training else 0.0,
+            )
         batch, _, length, _ = attended.shape
         return self.out_proj(attended.transpose(1, 2).reshape(batch, length, d))
 
@@ -503,6 +522,8 @@ class SLPT(nn.Module):
         )
         self.final_norm = nn.LayerNorm(d)  # shared by every layer's output (prediction head's LN)
         self.prediction_head = nn.Linear(d, 2)  # local position t in the patch (eq. 7)
+        # Where a forward hook reads each stage's patch boxes (box_min, box_size), for Fig. 1.
+        self.patch_box_tap = Tap()
         self._reset_head_parameters()
 
     def _reset_head_parameters(self) -> None:
@@ -554,6 +575,7 @@ class SLPT(nn.Module):
         """One coarse-to-fine stage: (B, N, 2) landmarks -> (B, L, N, 2), one prediction per layer."""
         patches, box_min, box_size = sample_local_patches(feature_map, landmarks, half_size,
                                                           self.config.patch_samples)
+        box_min, box_size = self.patch_box_tap((box_min, box_size))
         local = self.prediction_head(self.relate(self.embed_patches(patches)))  # (B, L, N, 2)
         return box_min.unsqueeze(1) + box_size.unsqueeze(1) * local  # eq. 7
 
