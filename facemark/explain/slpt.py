@@ -115,6 +115,7 @@ def _record_all(explained: ExplainedModel, faces: Faces, batch_size: int = 16) -
 
 def _show_face(ax, crop: np.ndarray, title: str) -> None:
     ax.imshow(crop)
+    ax.autoscale(False)  # points outside the crop (an untrained model's) must not widen the view
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
