@@ -36,7 +36,15 @@ def test_exposed_attention_leaves_the_outputs_unchanged_and_rows_sum_to_one():
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         fused = model(images)
+    # The weights the tap exposes are the ones MultiheadAttention.attention_weights gives for the
+    # inputs the layer received (first call = stage 1).
+    received = []
+    handle = model.layers[1].cross_attention.register_forward_pre_hook(lambda module, args: received.append(args))
     recording = record_slpt(model, images)
+    handle.remove()
+    query, key, _ = received[0]
+    expected_weights = model.layers[1].cross_attention.attention_weights(query, key).mean(dim=1)
+    np.testing.assert_allclose(recording.mca[:, 0, 1], expected_weights.detach().numpy(), atol=1e-6)
     for stage, expected in enumerate(fused.stages):
         np.testing.assert_allclose(recording.stages[:, stage], expected.numpy(), atol=1e-5)
     for weights in (recording.mca, recording.msa):
@@ -113,19 +121,19 @@ def _save(model, spec_method, backbone, options, statistics, path):
 
 
 def test_explain_command_on_a_tiny_slpt_checkpoint_and_split(tmp_path, capsys):
-    root = make_wflw_fixture(tmp_path / "wflw", num_train=1, num_test=3)
+    root = make_wflw_fixture(tmp_path / "wflw", num_train=1, num_test=2)
     model = _tiny_slpt()
     checkpoint = _save(model, "slpt", "mobilenet_v2_050", SLPT_OPTIONS, {"mean_face": model.mean_face.numpy()},
                        tmp_path / "slpt.pt")
     out = tmp_path / "out"
     assert main(["explain", str(checkpoint), "--data", str(root), "--dataset", "wflw", "--split", "test",
-                 "--out", str(out), "--landmark", "33", "--faces", "2"]) == 0
+                 "--out", str(out), "--landmark", "33", "--faces", "1"]) == 0
     assert "explain.md" in capsys.readouterr().out
     for name in ("slpt_fig1_patches.png", "slpt_fig2_relation.png", "slpt_fig3_structure_encoding.png",
                  "slpt_fig5_attention.png", "slpt_stage_layer_nme.png"):
         assert (out / name).stat().st_size > 1000
         assert f"]({name})" in (out / "explain.md").read_text()
-    assert np.load(out / "slpt_fig1_boxes.npy").shape == (3, 2, 98, 4)
+    assert np.load(out / "slpt_fig1_boxes.npy").shape == (2, 2, 98, 4)
     for kind in ("mca", "msa"):
         mean = np.load(out / f"slpt_fig5_{kind}_mean.npy")
         assert mean.shape == (2, 98, 98)
@@ -142,7 +150,7 @@ def test_explain_command_on_a_tiny_slpt_checkpoint_and_split(tmp_path, capsys):
 def test_explain_command_on_sdfl_with_a_compared_fc_checkpoint(tmp_path):
     from facemark.models.sdfl import sdfl_fc_model
 
-    root = make_wflw_fixture(tmp_path / "wflw", num_train=1, num_test=3)
+    root = make_wflw_fixture(tmp_path / "wflw", num_train=1, num_test=2)
     neighbourhood = _neighbourhood(98)
     torch.manual_seed(0)
     options = {"adjacency": "dynamic", "hidden_features": 16}
@@ -153,13 +161,13 @@ def test_explain_command_on_sdfl_with_a_compared_fc_checkpoint(tmp_path):
     fc_path = _save(fc, "fc", "resnet18", {"hidden_features": 16}, statistics, tmp_path / "fc.pt")
     out = tmp_path / "out"
     assert main(["explain", str(graph_path), "--data", str(root), "--dataset", "wflw", "--split", "test",
-                 "--out", str(out), "--compare", str(fc_path)]) == 0
+                 "--out", str(out), "--compare", str(fc_path), "--faces", "1"]) == 0
     for name in ("sdfl_fig4_neighbourhood.png", "sdfl_fig4_adjacency.png", "sdfl_fig9_node_similarity.png",
                  "sdfl_fig2_occlusion.png"):
         assert (out / name).stat().st_size > 1000
     np.testing.assert_array_equal(np.load(out / "sdfl_fig4_neighbourhood.npy"), neighbourhood)
     adjacency = np.load(out / "sdfl_fig4_adjacency.npy")
-    assert adjacency.shape == (3, 98, 98)
+    assert adjacency.shape == (2, 98, 98)
     np.testing.assert_allclose(adjacency.sum(axis=-1), 1.0, atol=1e-5)
     assert (adjacency[:, ~neighbourhood] == 0).all()
     for name in ("input", "block2", "block4"):
