@@ -9,7 +9,8 @@ from engine_fixtures import make_wflw_fixture, one_thread  # noqa: F401  (autous
 from facemark.cli import main
 from facemark.data.transforms import CropConvention
 from facemark.explain.sdfl import OCCLUDED_FRACTIONS, occlude, record_sdfl
-from facemark.explain.slpt import cosine_similarity_matrix, record_slpt
+from facemark.explain.faces import cosine_similarity_matrix
+from facemark.explain.slpt import record_slpt
 from facemark.layouts import get_layout
 from facemark.models.sdfl import build_neighbourhood, sdfl_graph_model
 from facemark.models.slpt import SLPTConfig, build_slpt

@@ -12,7 +12,8 @@ from torch import nn
 from facemark.data.transforms import CropBox, CropConvention, crop_matrix, image_to_tensor, transform_points, warp_image
 from facemark.layouts import Layout
 
-__all__ = ["ExplainedModel", "Faces", "load_explained_model", "faces_from_image", "faces_from_split", "model_kind"]
+__all__ = ["ExplainedModel", "Faces", "load_explained_model", "faces_from_image", "faces_from_split", "model_kind", "nme_io",
+           "cosine_similarity_matrix"]
 
 
 @dataclass
@@ -75,10 +76,6 @@ def load_explained_model(path: str | Path) -> ExplainedModel:
     return ExplainedModel(bundle.model.eval(), bundle.layout, bundle.crop, bundle.description, Path(path))
 
 
-def _crop_of(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-    return warp_image(image, matrix, size)
-
-
 def faces_from_image(explained: ExplainedModel, image_path: str | Path, box: Sequence[float] | None = None,
                      detector: str = "auto") -> Faces:
     """The crop of one face of an image: the box given (the model's box source), else the first
@@ -94,7 +91,7 @@ def faces_from_image(explained: ExplainedModel, image_path: str | Path, box: Seq
         raise ValueError(f"{image_path}: no face found; give its box with --box X_MIN Y_MIN X_MAX Y_MAX")
     x_min, y_min, x_max, y_max = found[0].crop_box
     matrix = crop_matrix(CropBox((x_min + x_max) / 2, (y_min + y_max) / 2, x_max - x_min), explained.crop.size)
-    crop = _crop_of(image, matrix, explained.crop.size)
+    crop = warp_image(image, matrix, explained.crop.size)
     return Faces(crop[None], None, [Path(image_path).name], f"image {image_path}")
 
 
@@ -116,7 +113,7 @@ def faces_from_split(explained: ExplainedModel, root: str | Path, dataset: str, 
     crops, targets = [], []
     for record in chosen:
         matrix = crop_matrix(record_face_box(record, explained.crop), size)
-        crops.append(_crop_of(record.load_image(), matrix, size))
+        crops.append(warp_image(record.load_image(), matrix, size))
         targets.append(transform_points(np.asarray(record.landmarks, dtype=np.float64), matrix) / size)
     return Faces(np.stack(crops), np.stack(targets), [r.identifier for r in chosen],
                  f"{dataset}/{split} under {root} ({len(chosen)} faces)")
@@ -129,3 +126,11 @@ def nme_io(predictions: np.ndarray, targets: np.ndarray, layout: Layout) -> np.n
     first, second = layout.inter_ocular
     distance = np.linalg.norm(targets[:, first] - targets[:, second], axis=-1)
     return np.linalg.norm(predictions - targets, axis=-1).mean(axis=-1) / distance
+
+
+def cosine_similarity_matrix(features: np.ndarray) -> np.ndarray:
+    """(N, F) -> (N, N) cosine similarities (symmetric, unit diagonal for non-zero rows)."""
+    features = np.asarray(features, dtype=np.float64)
+    unit = features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+    similarity = unit @ np.swapaxes(unit, -1, -2)
+    return np.clip((similarity + np.swapaxes(similarity, -1, -2)) / 2, -1.0, 1.0)

@@ -1,11 +1,11 @@
-"""Writing the figures (PNG), the tensors behind them (``.npy``) and one markdown page."""
+"""Writing the figures (PNG), the tensors behind them (``.npy``) and one markdown page; drawing helpers."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Page", "pyplot"]
+__all__ = ["Page", "pyplot", "subplots", "show_face", "draw_matrix"]
 
 
 def pyplot():
@@ -15,8 +15,32 @@ def pyplot():
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    plt.rcParams["figure.constrained_layout.use"] = True  # titles and colour bars never overlap
     return plt
+
+
+def subplots(*args, **kwargs):
+    """``pyplot().subplots`` with the constrained layout, so titles and colour bars never overlap."""
+    return pyplot().subplots(*args, layout="constrained", **kwargs)
+
+
+def show_face(ax, crop: np.ndarray, title: str) -> None:
+    """A face crop without ticks, the view fixed to the crop."""
+    ax.imshow(crop)
+    ax.autoscale(False)  # points outside the crop (an untrained model's) must not widen the view
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def draw_matrix(ax, figure, matrix: np.ndarray, title: str, cmap: str = "viridis", vmin=None, vmax=None,
+                label: str = "") -> None:
+    """An (N, N) matrix with landmark-index axes and a labelled colour bar."""
+    image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("landmark (key)" if "attention" in label else "landmark", fontsize=8)
+    ax.set_ylabel("landmark (query)" if "attention" in label else "landmark", fontsize=8)
+    ax.tick_params(labelsize=7)
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(label, fontsize=8)
 
 
 class Page:

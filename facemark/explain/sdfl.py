@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from facemark.explain.faces import ExplainedModel, Faces, nme_io
-from facemark.explain.page import Page, pyplot
-from facemark.explain.slpt import _matrix, _show_face, cosine_similarity_matrix
+from facemark.explain.faces import ExplainedModel, Faces, cosine_similarity_matrix, nme_io
+from facemark.explain.page import Page, draw_matrix, pyplot, show_face, subplots
 
 __all__ = ["SDFLRecording", "record_sdfl", "occlude", "occlusion_curve", "explain_sdfl", "OCCLUDED_FRACTIONS"]
 
@@ -150,8 +149,8 @@ def explain_sdfl(explained: ExplainedModel, faces: Faces, page: Page, compare: E
     mean_source = "mean ground truth" if faces.targets is not None else "the prediction"
     if model.neighbourhood is not None:
         neighbourhood = model.neighbourhood.cpu().numpy()
-        figure, axes = plt.subplots(1, 2, figsize=(10, 4.6))
-        _matrix(axes[0], figure, neighbourhood.astype(float), f"neighbourhood M ({int(neighbourhood.sum())} non-zeros)",
+        figure, axes = subplots(1, 2, figsize=(10, 4.6))
+        draw_matrix(axes[0], figure, neighbourhood.astype(float), f"neighbourhood M ({int(neighbourhood.sum())} non-zeros)",
                 "Greys", 0, 1, "in M")
         plot_neighbourhood(neighbourhood, mean_face, ax=axes[1], layout=layout,
                            title=f"the graph on the mean face ({mean_source})")
@@ -163,13 +162,13 @@ def explain_sdfl(explained: ExplainedModel, faces: Faces, page: Page, compare: E
         page.text("## Fig. 4", "", "This model has no neighbourhood (an FC head without the relative loss).")
 
     if recording.adjacency is not None:
-        figure, axes = plt.subplots(2, shown, figsize=(4.2 * shown, 8.4), squeeze=False)
+        figure, axes = subplots(2, shown, figsize=(4.2 * shown, 8.4), squeeze=False)
         for face in range(shown):
             adjacency = recording.adjacency[face]
             shown_matrix = np.where(adjacency > 0, adjacency, np.nan)
-            _matrix(axes[0, face], figure, shown_matrix, f"{faces.label(face)}: sigma(A)", "viridis", 0, None,
+            draw_matrix(axes[0, face], figure, shown_matrix, f"{faces.label(face)}: sigma(A)", "viridis", 0, None,
                     "edge weight")
-            _show_face(axes[1, face], faces.crops[face], "edge width = weight")
+            show_face(axes[1, face], faces.crops[face], "edge width = weight")
             points = recording.landmarks[face] * size
             _edges_on_face(axes[1, face], points, adjacency)
             axes[1, face].scatter(points[:, 0], points[:, 1], s=5, c="red", zorder=3)
@@ -185,14 +184,14 @@ def explain_sdfl(explained: ExplainedModel, faces: Faces, page: Page, compare: E
         names = list(recording.nodes)
         titles = {"input": "node embedding (graph input)", "block2": "after block 2", "block4": "after block 4"}
         similarities = {name: cosine_similarity_matrix(recording.nodes[name]) for name in names}  # (B, N, N)
-        figure, axes = plt.subplots(1, 2 + len(names), figsize=(4.2 * (2 + len(names)), 4.2))
-        _show_face(axes[0], faces.crops[0], faces.label(0))
+        figure, axes = subplots(1, 2 + len(names), figsize=(4.2 * (2 + len(names)), 4.2))
+        show_face(axes[0], faces.crops[0], faces.label(0))
         adjacency = (recording.adjacency[0] if recording.adjacency is not None
                      else model.neighbourhood.float().cpu().numpy())
-        _matrix(axes[1], figure, np.where(adjacency > 0, adjacency, np.nan), "adjacency", "viridis", 0, None,
+        draw_matrix(axes[1], figure, np.where(adjacency > 0, adjacency, np.nan), "adjacency", "viridis", 0, None,
                 "edge weight")
         for ax, name in zip(axes[2:], names):
-            _matrix(ax, figure, similarities[name][0], titles[name], "coolwarm", -1, 1, "cosine similarity")
+            draw_matrix(ax, figure, similarities[name][0], titles[name], "coolwarm", -1, 1, "cosine similarity")
         figure.suptitle("SDFL Fig. 9: cosine similarity of the node features through the graph layers", fontsize=10)
         page.figure(figure, "sdfl_fig9_node_similarity", "Fig. 9: node feature similarity",
                     "For the first face: the input, its adjacency, and the cosine similarity of the node features "
@@ -210,7 +209,7 @@ def explain_sdfl(explained: ExplainedModel, faces: Faces, page: Page, compare: E
             predictions.append(prediction)
         fractions = np.asarray(OCCLUDED_FRACTIONS)
         picks = [0, len(fractions) // 2, len(fractions) - 1]
-        figure = plt.figure(figsize=(4 + 2.6 * len(picks), 2.9 * len(models)))
+        figure = plt.figure(layout="constrained", figsize=(4 + 2.6 * len(picks), 2.9 * len(models)))
         grid = figure.add_gridspec(len(models), 1 + len(picks), width_ratios=[1.6] + [1] * len(picks))
         curve_ax = figure.add_subplot(grid[:, 0])
         for candidate, curve in zip(models, curves):
@@ -225,7 +224,7 @@ def explain_sdfl(explained: ExplainedModel, faces: Faces, page: Page, compare: E
         for row, (candidate, prediction) in enumerate(zip(models, predictions)):
             for column, pick in enumerate(picks):
                 ax = figure.add_subplot(grid[row, 1 + column])
-                _show_face(ax, occlude(faces.crops[:1], box, fractions[pick])[0],
+                show_face(ax, occlude(faces.crops[:1], box, fractions[pick])[0],
                            f"{candidate.description[:28]}\n{fractions[pick] * 100:.0f} % occluded")
                 ax.scatter(*(faces.targets[0] * size).T, s=4, c="lime")
                 ax.scatter(*(prediction[pick, 0] * size).T, s=4, c="red")

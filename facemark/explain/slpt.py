@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from facemark.explain.faces import ExplainedModel, Faces, nme_io
-from facemark.explain.page import Page, pyplot
+from facemark.explain.faces import ExplainedModel, Faces, cosine_similarity_matrix, nme_io
+from facemark.explain.page import Page, draw_matrix, pyplot, show_face, subplots
 
-__all__ = ["SLPTRecording", "record_slpt", "cosine_similarity_matrix", "explain_slpt"]
+__all__ = ["SLPTRecording", "record_slpt", "explain_slpt"]
 
 
 @dataclass
@@ -93,14 +93,6 @@ def record_slpt(model, images: torch.Tensor) -> SLPTRecording:
     )
 
 
-def cosine_similarity_matrix(features: np.ndarray) -> np.ndarray:
-    """(N, F) -> (N, N) cosine similarities (symmetric, unit diagonal for non-zero rows)."""
-    features = np.asarray(features, dtype=np.float64)
-    unit = features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
-    similarity = unit @ np.swapaxes(unit, -1, -2)
-    return np.clip((similarity + np.swapaxes(similarity, -1, -2)) / 2, -1.0, 1.0)
-
-
 def _record_all(explained: ExplainedModel, faces: Faces, batch_size: int = 16) -> SLPTRecording:
     parts = []
     for start in range(0, len(faces.crops), batch_size):
@@ -111,24 +103,6 @@ def _record_all(explained: ExplainedModel, faces: Faces, batch_size: int = 16) -
         return None if values[0] is None else np.concatenate(values)
 
     return SLPTRecording(join("mca"), join("msa"), join("boxes"), join("stages"))
-
-
-def _show_face(ax, crop: np.ndarray, title: str) -> None:
-    ax.imshow(crop)
-    ax.autoscale(False)  # points outside the crop (an untrained model's) must not widen the view
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _matrix(ax, figure, matrix: np.ndarray, title: str, cmap: str = "viridis", vmin=None, vmax=None,
-            label: str = "") -> None:
-    image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("landmark (key)" if "attention" in label else "landmark", fontsize=8)
-    ax.set_ylabel("landmark (query)" if "attention" in label else "landmark", fontsize=8)
-    ax.tick_params(labelsize=7)
-    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(label, fontsize=8)
 
 
 def explain_slpt(explained: ExplainedModel, faces: Faces, page: Page, landmark: int | None = None,
@@ -147,12 +121,12 @@ def explain_slpt(explained: ExplainedModel, faces: Faces, page: Page, landmark: 
 
     # Fig. 1: local patches per stage.
     colours = plt.get_cmap("autumn")(np.linspace(0, 0.8, recording.boxes.shape[1]))
-    figure, axes = plt.subplots(shown, recording.boxes.shape[1], figsize=(3 * recording.boxes.shape[1], 3 * shown),
+    figure, axes = subplots(shown, recording.boxes.shape[1], figsize=(3 * recording.boxes.shape[1], 3 * shown),
                                 squeeze=False)
     for face in range(shown):
         for stage in range(recording.boxes.shape[1]):
             ax = axes[face, stage]
-            _show_face(ax, faces.crops[face], f"{faces.label(face)}\nstage {stage + 1}: patch side "
+            show_face(ax, faces.crops[face], f"{faces.label(face)}\nstage {stage + 1}: patch side "
                                               f"{2 * model.stage_half_sizes()[stage] * size:.1f} px")
             for x0, y0, x1, y1 in recording.boxes[face, stage] * size:
                 ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=0.6,
@@ -170,10 +144,10 @@ def explain_slpt(explained: ExplainedModel, faces: Faces, page: Page, landmark: 
     if recording.mca is not None:
         first_layer = recording.mca[:, last_stage, 0]  # (B, N, N)
         partner = first_layer.argmax(axis=-1)
-        figure, axes = plt.subplots(1, shown, figsize=(4 * shown, 4), squeeze=False)
+        figure, axes = subplots(1, shown, figsize=(4 * shown, 4), squeeze=False)
         for face in range(shown):
             ax = axes[0, face]
-            _show_face(ax, faces.crops[face], faces.label(face))
+            show_face(ax, faces.crops[face], faces.label(face))
             points = final[face] * size
             for i, j in enumerate(partner[face]):
                 ax.plot(points[[i, j], 0], points[[i, j], 1], "-", color="yellow", linewidth=0.8, alpha=0.9)
@@ -196,8 +170,8 @@ def explain_slpt(explained: ExplainedModel, faces: Faces, page: Page, landmark: 
         if not 0 <= chosen < config.num_points:
             raise ValueError(f"--landmark {chosen}: this model has landmarks 0..{config.num_points - 1}")
         mean_face = model.mean_face.detach().float().cpu().numpy()
-        figure, axes = plt.subplots(1, 2, figsize=(10, 4.4))
-        _matrix(axes[0], figure, similarity, "cosine similarity of structure encodings P", "coolwarm", -1, 1,
+        figure, axes = subplots(1, 2, figsize=(10, 4.4))
+        draw_matrix(axes[0], figure, similarity, "cosine similarity of structure encodings P", "coolwarm", -1, 1,
                 "cosine similarity")
         others = np.delete(np.arange(config.num_points), chosen)
         image = axes[1].scatter(mean_face[others, 0], mean_face[others, 1], c=similarity[chosen, others],
@@ -223,13 +197,13 @@ def explain_slpt(explained: ExplainedModel, faces: Faces, page: Page, landmark: 
              if values is not None]
     if kinds:
         layers = config.num_layers
-        figure, axes = plt.subplots(len(kinds), layers, figsize=(3.6 * layers, 3.3 * len(kinds)), squeeze=False)
+        figure, axes = subplots(len(kinds), layers, figsize=(3.6 * layers, 3.3 * len(kinds)), squeeze=False)
         arrays = {}
         for row, (name, values) in enumerate(kinds):
             mean = values[:, last_stage].mean(axis=0)  # (layers, N, N)
             arrays[f"slpt_fig5_{name.lower()}_mean"] = mean
             for layer in range(layers):
-                _matrix(axes[row, layer], figure, mean[layer], f"{name}, layer {layer + 1}", "magma", 0, None,
+                draw_matrix(axes[row, layer], figure, mean[layer], f"{name}, layer {layer + 1}", "magma", 0, None,
                         "attention weight")
         figure.suptitle(f"SLPT Fig. 5: mean attention maps of the final stage over {len(faces.crops)} face(s)",
                         fontsize=10)
@@ -241,7 +215,7 @@ def explain_slpt(explained: ExplainedModel, faces: Faces, page: Page, landmark: 
     if faces.targets is not None:
         errors = nme_io(recording.stages.transpose(1, 2, 0, 3, 4), faces.targets, layout)  # (stages, layers, B)
         mean = errors.mean(axis=-1) * 100
-        figure, ax = plt.subplots(figsize=(1.2 + 0.6 * mean.size, 3.2))
+        figure, ax = subplots(figsize=(1.2 + 0.6 * mean.size, 3.2))
         positions = np.arange(mean.size)
         labels = [f"s{s + 1}.l{l + 1}" for s in range(mean.shape[0]) for l in range(mean.shape[1])]
         ax.plot(positions, mean.ravel(), "o-")
