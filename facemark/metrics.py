@@ -770,6 +770,8 @@ def _comparison_grid(results: Mapping[str, EvaluationResults], nme_decimals: int
         for name in names
     ]
     title = f"{first.dataset} {first.split} ({first.num_images} images, layout {first.layout})"
+    if first.dataset not in _TABLE_ROWS:
+        title += f", normalisation: {_NORM_WORDS[first.normalisation]}"
     boxes = "; ".join(f"{name}: {results[name].box_source}" for name in names)
     return title, f"boxes: {boxes}", header, body
 

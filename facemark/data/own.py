@@ -640,5 +640,9 @@ def load_own(format: str, root: str | Path, split: str, layout: Layout | str | N
         raise ValueError(f"unknown own-data format {format!r}; expected one of {list(OWN_FORMATS)}")
     root = Path(root)
     target = root / split
+    if split.endswith(("[train]", "[val]", "[test]")) and not target.exists():
+        raise ValueError(f"split {split!r} is a part of {split.rsplit('[', 1)[0]!r} held out by a training run "
+                         "(data.test_fraction / data.val_fraction), not a file; evaluate the run's checkpoint "
+                         "(facemark evaluate CHECKPOINT --data ROOT), which carves the same faces")
     return _READERS[format](target, layout, check_images=check_images, split=split)
 

@@ -91,6 +91,8 @@ class Predictions:
     layout: str
     box_source: str
     model: str
+    # The whole layout (Layout.to_dict): own data's layouts are not built in, and score needs them.
+    layout_spec: dict | None = None
 
 
 def save_predictions(path: str | Path, predictions: Predictions) -> Path:
@@ -108,6 +110,7 @@ def save_predictions(path: str | Path, predictions: Predictions) -> Path:
         "box_source": predictions.box_source,
         "model": predictions.model,
         "coordinates": "original-image pixels, 0-based, x y per point",
+        **({"layout_spec": predictions.layout_spec} if predictions.layout_spec is not None else {}),
         "predictions": {identifier: points.tolist() for identifier, points in zip(predictions.identifiers, landmarks)},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +147,7 @@ def load_predictions(path: str | Path) -> Predictions:
                              f"entry {identifiers[0]!r} has {len(arrays[0])}")
         arrays.append(points)
     return Predictions(identifiers, np.stack(arrays), str(data["dataset"]), str(data["split"]), str(data["layout"]),
-                       str(data["box_source"]), str(data["model"]))
+                       str(data["box_source"]), str(data["model"]), data.get("layout_spec"))
 
 
 def _align(predictions: Predictions, dataset: LandmarkDataset, source: str) -> np.ndarray:
@@ -240,7 +243,8 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None 
     box_source = box_source_label(loaded.crop)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(checkpoint, dataset, split)
     predictions = Predictions([r.identifier for r in records], landmarks, records.name, records.split,
-                              records.layout.name, box_source, loaded.name)
+                              records.layout.name, box_source, loaded.name,
+                              records.layout.to_dict() if own_layout is not None else None)
     save_predictions(output_dir / "predictions.json", predictions)
     results = EvaluationResults.from_predictions(
         landmarks, records, model_name=loaded.name, box_source=box_source,
@@ -258,14 +262,20 @@ def score(predictions_file: str | Path, data_root: str | Path, dataset: str | No
     must have exactly one prediction (errors name missing and extra identifiers). Outputs are
     written to ``output_dir`` when given.
     """
-    from facemark.data import load_dataset
+    from facemark.data import OWN_FORMATS, load_dataset
     from facemark.data.image_check import check_dataset_images
 
     predictions_file = Path(predictions_file)
     predictions = load_predictions(predictions_file)
     dataset = dataset or predictions.dataset
     split = split or predictions.split
-    records = load_dataset(dataset, data_root, split)
+    layout = None
+    if str(dataset).lower() in OWN_FORMATS:
+        if predictions.layout_spec is None:
+            raise ValueError(f"predictions file {predictions_file} holds no layout_spec; own data ({dataset}) needs "
+                             "the layout of the points (a predictions file written by facemark evaluate has it)")
+        layout = Layout.from_dict(predictions.layout_spec, source=f"{predictions_file} (layout_spec)")
+    records = load_dataset(dataset, data_root, split, layout=layout)
     check_dataset_images(records)  # warns about faces outside their image, as evaluate does
     landmarks = _align(predictions, records, f"predictions file {predictions_file}")
     results = EvaluationResults.from_predictions(
