@@ -257,8 +257,9 @@ def test_layouts_check_describes_a_valid_file(tmp_path, capsys):
 
 # -- SynthFace in the own formats, splits, and the whole path -------------------------------------
 @pytest.mark.parametrize("format, train_split", [("manifest", "train.csv"), ("pts_folder", "train"), ("coco", "train.json")])
-def test_synth_writes_each_own_format(tmp_path, format, train_split):
-    assert main(["synth", "--out", str(tmp_path), "--train", "3", "--test", "2", "--size", "64", "--format", format,
+def test_synth_writes_each_own_format(tmp_path, monkeypatch, format, train_split):
+    monkeypatch.chdir(tmp_path.parent)  # a relative --out: the annotations' image paths stay right
+    assert main(["synth", "--out", tmp_path.name, "--train", "3", "--test", "2", "--size", "64", "--format", format,
                  "--layout", "face5", "--no-progress"]) == 0
     layout = get_layout(tmp_path / "layout.yaml")
     assert layout.num_points == 5 and layout.flip_permutation == (1, 0, 2, 4, 3)

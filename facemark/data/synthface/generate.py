@@ -217,7 +217,7 @@ def generate_dataset(
         own_layout = FACE5 if layout == "face5" else get_layout(layout)
         import yaml
 
-        (root / "layout.yaml").write_text(yaml.safe_dump(own_layout.to_dict(), sort_keys=False), encoding="utf-8")
+        (root / "layout.yaml").write_text(yaml.safe_dump(own_layout.to_dict(), sort_keys=False, default_flow_style=None), encoding="utf-8")
     for split, count in (("train", int(num_train)), ("test", int(num_test))):
         if count == 0:
             continue
@@ -303,7 +303,8 @@ def _write_own(root: Path, split: str, faces: Iterator[dict], format: str, layou
     image_folder.mkdir(parents=True, exist_ok=True)
     records, flags = [], []
     for face in faces:
-        image_path = image_folder / f"synthface_{split}_{face['index']:06d}.jpg"
+        # absolute: the writers take relative image paths as relative to the annotation's folder
+        image_path = (image_folder / f"synthface_{split}_{face['index']:06d}.jpg").absolute()
         image_path.write_bytes(face["jpeg"])
         landmarks, occluded = _own_points(face, layout)
         records.append(FaceRecord(
