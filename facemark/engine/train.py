@@ -416,6 +416,13 @@ def _load_data(config: TrainConfig, logger: logging.Logger) -> _Data:
         train_set, selection = train_full, None
         logger.warning("no validation data (data.val_fraction=0, no data.val_split): best.pt is the last epoch")
     check_dataset_images(train_set, selection)  # every unreadable image at once, before the first epoch
+    if train_set.layout.normalisation == "bbox":  # the selection NME divides by each face's box
+        for part in (selection, test_set):
+            boxless = [record.identifier for record in (part or ()) if record.box is None]
+            if boxless:
+                raise ValueError(f"layout {train_set.layout.name!r} is normalised by the face box but {len(boxless)} "
+                                 f"face(s) of {part.name}/{part.split} have no box, e.g. {boxless[:3]}; give every "
+                                 "face a box or choose another normalisation in the layout")
     logger.info("data: %s %s, %d training faces, %s%s", data.dataset, data.root, len(train_set),
                 f"{len(selection)} selection faces ({selection.split})" if selection is not None else "no validation",
                 f", {len(test_set)} test faces ({test_set.split})" if test_set is not None else "")
