@@ -361,3 +361,26 @@ def test_a_layout_without_flips_turns_flip_augmentation_off(face5_data, tmp_path
         train(config)
     log = (tmp_path / "run" / "train.log").read_text()
     assert "has no flip_permutation: flip augmentation is off (flip_probability 0.5 -> 0)" in log
+
+
+def test_a_box_normalised_layout_needs_boxes_before_training_starts(tmp_path):
+    from facemark.engine.config import load_config
+    from facemark.engine.train import train
+
+    records = _records(tmp_path, count=6, grid=True)
+    for record in records:
+        record.box = None
+    write_manifest(tmp_path / "train.csv", records)
+    (tmp_path / "box.yaml").write_text("name: boxed\nnum_points: 5\nnormalisation: bbox\n")
+    config = load_config(Path(__file__).parents[1] / "configs" / "own_sdfl.yaml", [
+        "data.dataset=manifest", f"data.root={tmp_path}", "data.train_split=train.csv", "data.test_fraction=0.3",
+        f"data.layout={tmp_path / 'box.yaml'}", "runtime.device=cpu", "runtime.tensorboard=false",
+        f"runtime.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ValueError, match=r"normalised by the face box but \d face\(s\) of manifest/train\.csv\[train\]"):
+        train(config)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_carved_split_is_not_a_file(tmp_path):
+    with pytest.raises(ValueError, match="held out by a training run"):
+        load_dataset("manifest", tmp_path, "train.csv[test]", layout=FIVE)
