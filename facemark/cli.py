@@ -22,10 +22,23 @@ def _add_layouts(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespac
         nargs="?",
         help="a built-in layout (wflw98, 300w68, cofw29) or a layout YAML file to describe; omit to list the built-ins",
     )
+    parser.add_argument("--check", metavar="FILE", type=Path,
+                        help="validate a layout YAML file (docs/own_data.md): every index in range, the flip "
+                             "permutation its own inverse, the normaliser's points given; exit 2 with the first "
+                             "error, else describe it")
 
     def run(args: argparse.Namespace) -> int:
-        from facemark.layouts import available_layouts, get_layout
+        from facemark.layouts import available_layouts, get_layout, load_layout
 
+        if args.check is not None:
+            if args.name is not None:
+                raise CommandError("give either a layout to describe or --check FILE, not both")
+            try:
+                layout = load_layout(args.check)
+            except (ValueError, FileNotFoundError) as error:
+                raise CommandError(str(error)) from None
+            print(f"{args.check}: a valid layout")
+            args.name = layout
         if args.name is None:
             for name in available_layouts():
                 layout = get_layout(name)
@@ -36,11 +49,18 @@ def _add_layouts(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespac
         except (KeyError, ValueError, FileNotFoundError) as error:
             raise CommandError(str(error).strip('"')) from None
         print(f"{layout.name}: {layout.num_points} points")
-        print(f"  inter-ocular pair: {layout.inter_ocular}")
-        print(f"  inter-pupil: centroid of {list(layout.inter_pupil[0])} to centroid of {list(layout.inter_pupil[1])}")
+        print(f"  NME normalisation: {layout.normalisation}")
+        print(f"  inter-ocular pair: {list(layout.inter_ocular) if layout.inter_ocular is not None else 'none'}")
+        if layout.inter_pupil is not None:
+            print(f"  inter-pupil: centroid of {list(layout.inter_pupil[0])} to centroid of {list(layout.inter_pupil[1])}")
+        else:
+            print("  inter-pupil: none")
         for group, indices in layout.groups.items():
             print(f"  {group:12s} {list(indices)}")
-        print(f"  flip permutation: {list(layout.flip_permutation)}")
+        if layout.flip_permutation is None:
+            print("  flip permutation: none (training turns flip augmentation off)")
+        else:
+            print(f"  flip permutation: {list(layout.flip_permutation)}")
         return 0
 
     return run
@@ -55,10 +75,16 @@ def _add_synth(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
     parser.add_argument(
         "--format",
-        choices=("wflw", "300w", "cofw"),
+        choices=("wflw", "300w", "cofw", "manifest", "pts_folder", "coco"),
         default="wflw",
-        help="native release format to write: wflw (98 points, default), 300w (68), cofw (29, plus COFW68 test labels)",
+        help="format to write: a benchmark's release format, wflw (98 points, default), 300w (68), cofw (29, plus "
+             "COFW68 test labels); or an own-data format (docs/own_data.md), manifest (train.csv, test.csv), "
+             "pts_folder (train/, test/ with .pts files) or coco (train.json, test.json), with --layout's points "
+             "and a layout.yaml",
     )
+    parser.add_argument("--layout", choices=("wflw98", "300w68", "cofw29", "face5"), default="wflw98",
+                        help="own-data formats only: the points to write (face5: eyes, nose tip, mouth corners; "
+                             "default wflw98)")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes (default: 1)")
     parser.add_argument("--preview", type=Path, metavar="FILE.png", help="write a contact sheet of 16 samples with landmarks drawn")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -75,7 +101,7 @@ def _add_synth(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
             if args.out is not None:
                 summary = generate_dataset(
                     args.out, args.train, args.test, seed=args.seed, size=args.size,
-                    format=args.format, workers=args.workers, progress=not args.no_progress,
+                    format=args.format, workers=args.workers, progress=not args.no_progress, layout=args.layout,
                 )
                 counts = ", ".join(f"{split} {info['images']}" for split, info in summary["splits"].items())
                 print(f"wrote a SynthFace dataset in {args.format} format to {args.out} ({counts} images)")

@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "Layout",
+    "NORMALISERS",
     "get_layout",
     "load_layout",
     "available_layouts",
@@ -27,6 +28,10 @@ __all__ = [
     "W300_68",
     "COFW29",
 ]
+
+
+# The NME normalisers a layout may name (facemark.metrics.NORMALISATIONS has the same keys).
+NORMALISERS = ("inter_ocular", "inter_pupil", "bbox")
 
 
 @dataclass(frozen=True)
@@ -38,11 +43,16 @@ class Layout:
         num_points: K.
         groups: face part -> point indices, in drawing order along the part.
         flip_permutation: index ``i`` of the horizontally flipped face takes point
-            ``flip_permutation[i]`` of the original face.
+            ``flip_permutation[i]`` of the original face. ``None`` for an own layout whose mirror
+            pairs are unknown: training then disables flip augmentation (with a warning).
         inter_ocular: the two points whose distance is the inter-ocular normaliser
-            (outer eye corners).
+            (outer eye corners); ``None`` when the layout has no such points.
         inter_pupil: two tuples of points; the distance between their centroids is the
-            inter-pupil normaliser (one point each where the layout has pupil landmarks).
+            inter-pupil normaliser (one point each where the layout has pupil landmarks);
+            ``None`` when the layout has no such points.
+        normalisation: the NME normaliser this layout's results are selected and reported by:
+            ``"inter_ocular"``, ``"inter_pupil"`` or ``"bbox"`` (``sqrt(w * h)`` of each face's
+            box: needs faces with boxes). The named points must exist.
         closed_groups: groups drawn as closed loops (eyes, lips).
         point_groups: groups drawn as separate points, without edges (pupils).
         point_names: one name per point.
@@ -51,40 +61,60 @@ class Layout:
     name: str
     num_points: int
     groups: Mapping[str, tuple[int, ...]]
-    flip_permutation: tuple[int, ...]
-    inter_ocular: tuple[int, int]
-    inter_pupil: tuple[tuple[int, ...], tuple[int, ...]]
+    flip_permutation: tuple[int, ...] | None
+    inter_ocular: tuple[int, int] | None
+    inter_pupil: tuple[tuple[int, ...], tuple[int, ...]] | None
     closed_groups: tuple[str, ...] = ()
     point_groups: tuple[str, ...] = ()
     point_names: tuple[str, ...] = field(default=())
+    normalisation: str = "inter_ocular"
 
     def __post_init__(self) -> None:
         where = f"layout {self.name!r}"
         num_points = self.num_points
         if not isinstance(num_points, int) or num_points < 2:
             raise ValueError(f"{where}: num_points must be an integer >= 2, got {num_points!r}")
-        if sorted(self.flip_permutation) != list(range(num_points)):
-            raise ValueError(
-                f"{where}: flip_permutation must be a permutation of 0..{num_points - 1} "
-                f"({len(self.flip_permutation)} entries given)"
-            )
-        permutation = np.asarray(self.flip_permutation)
-        if not np.array_equal(permutation[permutation], np.arange(num_points)):
-            raise ValueError(f"{where}: flip_permutation must be its own inverse (flip twice = identity)")
+        if self.flip_permutation is not None:
+            permutation = list(self.flip_permutation)
+            bad = [i for i in permutation if not 0 <= i < num_points]
+            if bad:
+                raise ValueError(f"{where}: flip_permutation has indices {bad} outside 0..{num_points - 1}")
+            if sorted(permutation) != list(range(num_points)):
+                repeated = sorted({i for i in permutation if permutation.count(i) > 1})
+                raise ValueError(
+                    f"{where}: flip_permutation must be a permutation of 0..{num_points - 1} "
+                    f"({len(permutation)} entries given" + (f"; {repeated} repeated" if repeated else "") + ")"
+                )
+            not_mirrored = [i for i in range(num_points) if permutation[permutation[i]] != i]
+            if not_mirrored:
+                i = not_mirrored[0]
+                raise ValueError(
+                    f"{where}: flip_permutation must be its own inverse (flip twice = identity): point {i} maps to "
+                    f"{permutation[i]}, which maps to {permutation[permutation[i]]}, not back to {i}"
+                )
         for group, indices in self.groups.items():
             bad = [i for i in indices if not 0 <= i < num_points]
             if bad:
                 raise ValueError(f"{where}: group {group!r} has indices {bad} outside 0..{num_points - 1}")
-        for key, indices in (("inter_ocular", self.inter_ocular),) + tuple(
-            (f"inter_pupil[{side}]", points) for side, points in enumerate(self.inter_pupil)
-        ):
+        if self.inter_ocular is not None and len(self.inter_ocular) != 2:
+            raise ValueError(f"{where}: inter_ocular must be two point indices, got {self.inter_ocular!r}")
+        if self.inter_pupil is not None and len(self.inter_pupil) != 2:
+            raise ValueError(f"{where}: inter_pupil must be two lists of point indices, got {self.inter_pupil!r}")
+        named = []
+        if self.inter_ocular is not None:
+            named.append(("inter_ocular", self.inter_ocular))
+        if self.inter_pupil is not None:
+            named += [(f"inter_pupil[{side}]", points) for side, points in enumerate(self.inter_pupil)]
+        for key, indices in named:
             bad = [i for i in indices if not 0 <= i < num_points]
             if bad or len(indices) == 0:
                 raise ValueError(f"{where}: {key} has indices {list(indices)}; expected indices in 0..{num_points - 1}")
-        if len(self.inter_ocular) != 2:
-            raise ValueError(f"{where}: inter_ocular must be two point indices, got {self.inter_ocular!r}")
-        if len(self.inter_pupil) != 2:
-            raise ValueError(f"{where}: inter_pupil must be two lists of point indices, got {self.inter_pupil!r}")
+        if self.normalisation not in NORMALISERS:
+            raise ValueError(f"{where}: normalisation {self.normalisation!r}; expected one of {list(NORMALISERS)}")
+        if self.normalisation != "bbox" and getattr(self, self.normalisation) is None:
+            raise ValueError(f"{where}: normalisation is {self.normalisation!r} but the layout gives no "
+                             f"{self.normalisation} points; add them or use another normalisation "
+                             f"({', '.join(NORMALISERS)})")
         for key in ("closed_groups", "point_groups"):
             unknown = [g for g in getattr(self, key) if g not in self.groups]
             if unknown:
@@ -104,12 +134,16 @@ class Layout:
     def inter_ocular_distance(self, landmarks: np.ndarray) -> np.ndarray:
         """Distance between the outer eye corners, shape ``landmarks.shape[:-2]``."""
         landmarks = self._check(landmarks)
+        if self.inter_ocular is None:
+            raise ValueError(f"layout {self.name!r} has no inter_ocular points")
         a, b = self.inter_ocular
         return np.linalg.norm(landmarks[..., a, :] - landmarks[..., b, :], axis=-1)
 
     def inter_pupil_distance(self, landmarks: np.ndarray) -> np.ndarray:
         """Distance between the pupil centres (centroids of ``inter_pupil``'s two point sets)."""
         landmarks = self._check(landmarks)
+        if self.inter_pupil is None:
+            raise ValueError(f"layout {self.name!r} has no inter_pupil points")
         left = landmarks[..., list(self.inter_pupil[0]), :].mean(axis=-2)
         right = landmarks[..., list(self.inter_pupil[1]), :].mean(axis=-2)
         return np.linalg.norm(left - right, axis=-1)
@@ -117,9 +151,16 @@ class Layout:
     def flip_landmarks(self, landmarks: np.ndarray, width: float) -> np.ndarray:
         """Landmarks of the horizontally mirrored image (``x -> width - 1 - x``, points permuted)."""
         landmarks = self._check(landmarks)
+        if self.flip_permutation is None:
+            raise ValueError(f"layout {self.name!r} has no flip_permutation: its faces cannot be mirrored")
         flipped = landmarks[..., list(self.flip_permutation), :].copy()
         flipped[..., 0] = (width - 1) - flipped[..., 0]
         return flipped
+
+    @property
+    def normalisers(self) -> tuple[str, ...]:
+        """The NME normalisations this layout's points define (``"bbox"`` needs the faces' boxes)."""
+        return tuple(key for key in ("inter_ocular", "inter_pupil") if getattr(self, key) is not None)
 
     @property
     def edges(self) -> tuple[tuple[int, int], ...]:
@@ -146,9 +187,10 @@ class Layout:
             "name": self.name,
             "num_points": self.num_points,
             "groups": {k: list(v) for k, v in self.groups.items()},
-            "flip_permutation": list(self.flip_permutation),
-            "inter_ocular": list(self.inter_ocular),
-            "inter_pupil": [list(p) for p in self.inter_pupil],
+            "flip_permutation": None if self.flip_permutation is None else list(self.flip_permutation),
+            "inter_ocular": None if self.inter_ocular is None else list(self.inter_ocular),
+            "inter_pupil": None if self.inter_pupil is None else [list(p) for p in self.inter_pupil],
+            "normalisation": self.normalisation,
             "closed_groups": list(self.closed_groups),
             "point_groups": list(self.point_groups),
             "point_names": list(self.point_names),
@@ -158,14 +200,17 @@ class Layout:
     def from_dict(cls, spec: Mapping, source: str = "layout") -> "Layout":
         """Build a layout from :meth:`to_dict`'s form or a YAML file's mapping.
 
-        Required keys: ``name``, ``num_points``, ``flip_permutation``, ``inter_ocular``,
-        ``inter_pupil``; optional: ``groups``, ``closed_groups``, ``point_groups``, ``point_names``.
-        ``inter_pupil`` may be two indices (pupil landmarks) or two lists (centroids).
+        Required keys: ``name``, ``num_points``; optional: ``flip_permutation`` (absent or null:
+        the faces cannot be mirrored, flip augmentation is off), ``inter_ocular``,
+        ``inter_pupil``, ``normalisation`` (default ``inter_ocular``; its points are then required),
+        ``groups``, ``closed_groups``, ``point_groups``, ``point_names``. ``inter_pupil`` may be
+        two indices (pupil landmarks) or two lists (centroids).
         """
         if not isinstance(spec, Mapping):
             raise ValueError(f"{source}: expected a mapping of layout keys, got {type(spec).__name__}")
-        required = ("name", "num_points", "flip_permutation", "inter_ocular", "inter_pupil")
-        allowed = set(required) | {"groups", "closed_groups", "point_groups", "point_names"}
+        required = ("name", "num_points")
+        allowed = set(required) | {"flip_permutation", "inter_ocular", "inter_pupil", "normalisation", "groups",
+                                   "closed_groups", "point_groups", "point_names"}
         missing = [k for k in required if k not in spec]
         if missing:
             raise ValueError(f"{source}: missing key(s) {missing}; required keys are {list(required)}")
@@ -174,29 +219,37 @@ class Layout:
             raise ValueError(f"{source}: unknown key(s) {unknown}; allowed keys are {sorted(allowed)}")
 
         def indices(key: str, value) -> tuple[int, ...]:
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                               for v in value):
                 raise ValueError(f"{source}: key {key!r} must be a list of integer point indices, got {value!r}")
             return tuple(value)
 
-        pupil = spec["inter_pupil"]
-        if isinstance(pupil, (list, tuple)) and len(pupil) == 2 and all(isinstance(p, int) for p in pupil):
-            pupil = [[pupil[0]], [pupil[1]]]
-        if not isinstance(pupil, (list, tuple)) or len(pupil) != 2:
-            raise ValueError(f"{source}: key 'inter_pupil' must be two indices or two lists of indices, got {pupil!r}")
+        def optional(key: str):
+            value = spec.get(key)
+            return None if value is None else indices(key, value)
+
+        pupil = spec.get("inter_pupil")
+        if pupil is not None:
+            if isinstance(pupil, (list, tuple)) and len(pupil) == 2 and all(isinstance(p, int) for p in pupil):
+                pupil = [[pupil[0]], [pupil[1]]]
+            if not isinstance(pupil, (list, tuple)) or len(pupil) != 2:
+                raise ValueError(f"{source}: key 'inter_pupil' must be two indices or two lists of indices, got {pupil!r}")
+            pupil = (indices("inter_pupil[0]", pupil[0]), indices("inter_pupil[1]", pupil[1]))
         groups = spec.get("groups") or {}
         if not isinstance(groups, Mapping):
             raise ValueError(f"{source}: key 'groups' must map a group name to a list of indices")
         num_points = spec["num_points"]
-        if not isinstance(num_points, int):
+        if not isinstance(num_points, int) or isinstance(num_points, bool):
             raise ValueError(f"{source}: key 'num_points' must be an integer, got {num_points!r}")
         try:
             return cls(
                 name=str(spec["name"]),
                 num_points=num_points,
                 groups={str(g): indices(f"groups.{g}", v) for g, v in groups.items()},
-                flip_permutation=indices("flip_permutation", spec["flip_permutation"]),
-                inter_ocular=indices("inter_ocular", spec["inter_ocular"]),  # type: ignore[arg-type]
-                inter_pupil=(indices("inter_pupil[0]", pupil[0]), indices("inter_pupil[1]", pupil[1])),
+                flip_permutation=optional("flip_permutation"),
+                inter_ocular=optional("inter_ocular"),  # type: ignore[arg-type]
+                inter_pupil=pupil,
+                normalisation=str(spec.get("normalisation") or "inter_ocular"),
                 closed_groups=tuple(spec.get("closed_groups") or ()),
                 point_groups=tuple(spec.get("point_groups") or ()),
                 point_names=tuple(str(n) for n in (spec.get("point_names") or ())),

@@ -431,6 +431,8 @@ class EvaluationResults:
         nmes: normalisation (``"inter_ocular"``, ``"inter_pupil"``, ``"bbox"``) -> ``(n,)`` NMEs.
         subsets: subset name -> ``(n,)`` bool mask.
         extra: free metadata (command line, checkpoint hash, date, ...), stored in the JSON.
+        normalisation: the layout's own normaliser (a key of ``nmes``): the one whose FR and
+            AUC own datasets' tables report and whose CED is plotted.
     """
 
     dataset: str
@@ -442,6 +444,7 @@ class EvaluationResults:
     nmes: dict[str, np.ndarray]
     subsets: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    normalisation: str = "inter_ocular"
 
     def __post_init__(self) -> None:
         for key in ("dataset", "split", "layout", "model", "box_source"):
@@ -455,8 +458,9 @@ class EvaluationResults:
             raise ValueError("EvaluationResults: no images")
         if len(set(self.identifiers)) != num_images:
             raise ValueError("EvaluationResults: identifiers must be unique")
-        if "inter_ocular" not in self.nmes:
-            raise ValueError("EvaluationResults: nmes must hold 'inter_ocular' NMEs")
+        if self.normalisation not in self.nmes:
+            raise ValueError(f"EvaluationResults: nmes must hold the {self.normalisation!r} NMEs (the normalisation "
+                             f"of the results), found {list(self.nmes)}")
         checked = {}
         for norm, values in self.nmes.items():
             if norm not in NORMALISATIONS:
@@ -497,14 +501,18 @@ class EvaluationResults:
     ) -> "EvaluationResults":
         """Results from predicted and ground-truth landmarks ``(n, K, 2)`` in original-image pixels.
 
-        NMEs are computed under inter-ocular and inter-pupil normalisation, and under ``"bbox"``
-        when ``boxes`` (ground-truth ``(n, 4)`` x_min, y_min, x_max, y_max) are given.
+        NMEs are computed under the inter-ocular and inter-pupil normalisations the layout
+        defines, and under ``"bbox"`` when ``boxes`` (ground-truth ``(n, 4)`` x_min, y_min, x_max,
+        y_max) are given. A layout normalised by ``"bbox"`` needs the boxes.
         """
         layout = get_layout(layout)
-        nmes = {norm: nme(pred, gt, layout, norm) for norm in ("inter_ocular", "inter_pupil")}
+        if layout.normalisation == "bbox" and boxes is None:
+            raise ValueError(f"layout {layout.name!r} is normalised by the face box (normalisation: bbox) but the "
+                             "faces have no boxes; give every face a box or use another normalisation")
+        nmes = {norm: nme(pred, gt, layout, norm) for norm in layout.normalisers}
         if boxes is not None:
             nmes["bbox"] = nme(pred, gt, layout, "bbox", boxes=boxes)
-        num_images = len(nmes["inter_ocular"])
+        num_images = len(nmes[layout.normalisation])
         if identifiers is None:
             identifiers = [str(i) for i in range(num_images)]
         if len(identifiers) != num_images:
@@ -512,6 +520,7 @@ class EvaluationResults:
         return cls(
             dataset=dataset, split=split, layout=layout.name, model=model, box_source=box_source,
             identifiers=list(identifiers), nmes=nmes, subsets=dict(subsets or {}), extra=dict(extra or {}),
+            normalisation=layout.normalisation,
         )
 
     @classmethod
@@ -556,8 +565,10 @@ class EvaluationResults:
     def num_images(self) -> int:
         return len(self.identifiers)
 
-    def per_image(self, norm: str = "inter_ocular", subset: str | None = None) -> np.ndarray:
-        """The per-image NMEs under ``norm``, of every image or of one subset (e.g. for :func:`plot_ced`)."""
+    def per_image(self, norm: str | None = None, subset: str | None = None) -> np.ndarray:
+        """The per-image NMEs under ``norm`` (default: the results' normalisation), of every image or
+        of one subset (e.g. for :func:`plot_ced`)."""
+        norm = self.normalisation if norm is None else norm
         if norm not in self.nmes:
             raise KeyError(f"no {norm!r} NMEs in these results; available: {list(self.nmes)}")
         if subset is None:
@@ -600,7 +611,7 @@ class EvaluationResults:
     # -- tables -----------------------------------------------------------------------------------
     def _layout_of_table(self) -> tuple[list[_Row], list[tuple[str, str | None]]]:
         """The papers' rows and columns for this dataset, limited to what these results hold."""
-        rows = [row for row in _TABLE_ROWS.get(self.dataset, _DEFAULT_ROWS) if row.norm in self.nmes]
+        rows = [row for row in _TABLE_ROWS.get(self.dataset, self._own_rows()) if row.norm in self.nmes]
         everything = "Test" if self.split == "test" else self.split  # header of the all-images column
         columns = []
         for header, subset in _TABLE_COLUMNS.get(self.dataset, ()):
@@ -612,10 +623,20 @@ class EvaluationResults:
             columns = [(everything, None)]
         return rows, columns
 
+    def _own_rows(self) -> tuple[_Row, ...]:
+        """Rows of a dataset without a paper table: the NME under every normalisation held (the
+        results' own first), then FR and AUC at 0.10 under the results' normalisation."""
+        if self.normalisation == "inter_ocular" and set(self.nmes) <= {_IO, _IP}:
+            return _DEFAULT_ROWS
+        norms = [self.normalisation] + [norm for norm in NORMALISATIONS if norm in self.nmes and norm != self.normalisation]
+        return tuple(_Row("NME", norm) for norm in norms) + (_Row("FR", self.normalisation, 0.10),
+                                                              _Row("AUC", self.normalisation, 0.10))
+
     def _title(self) -> str:
+        stated = "" if self.dataset in _TABLE_ROWS else f" | normalisation: {_NORM_WORDS[self.normalisation]}"
         return (
             f"{self.dataset} {self.split} ({self.num_images} images, layout {self.layout}) | "
-            f"model: {self.model} | boxes: {self.box_source}"
+            f"model: {self.model} | boxes: {self.box_source}{stated}"
         )
 
     def _grid(self, nme_decimals: int) -> tuple[list[str], list[list[str]]]:
@@ -661,6 +682,7 @@ class EvaluationResults:
             "layout": self.layout,
             "model": self.model,
             "box_source": self.box_source,
+            "normalisation": self.normalisation,
             "num_images": self.num_images,
             "extra": self.extra,
             "summary": self.summary(),
@@ -695,6 +717,7 @@ class EvaluationResults:
                 box_source=data["box_source"], identifiers=list(data["identifiers"]),
                 nmes={norm: np.asarray(values, dtype=np.float64) for norm, values in data["nme"].items()},
                 subsets=subsets, extra=dict(data.get("extra") or {}),
+                normalisation=str(data.get("normalisation") or "inter_ocular"),
             )
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
@@ -747,6 +770,8 @@ def _comparison_grid(results: Mapping[str, EvaluationResults], nme_decimals: int
         for name in names
     ]
     title = f"{first.dataset} {first.split} ({first.num_images} images, layout {first.layout})"
+    if first.dataset not in _TABLE_ROWS:
+        title += f", normalisation: {_NORM_WORDS[first.normalisation]}"
     boxes = "; ".join(f"{name}: {results[name].box_source}" for name in names)
     return title, f"boxes: {boxes}", header, body
 

@@ -87,7 +87,11 @@ def test_custom_layout_from_yaml(tmp_path):
     [
         ("name: x\nnum_points: 3\nflip_permutation: [0, 1]\ninter_ocular: [0, 1]\ninter_pupil: [0, 1]\n", "permutation"),
         ("name: x\nnum_points: 3\nflip_permutation: [0, 1, 2]\ninter_ocular: [0, 7]\ninter_pupil: [0, 1]\n", "inter_ocular"),
-        ("name: x\nnum_points: 3\nflip_permutation: [0, 1, 2]\ninter_ocular: [0, 1]\n", "missing key"),
+        ("name: x\nflip_permutation: [0, 1, 2]\ninter_ocular: [0, 1]\n", "missing key"),
+        ("name: x\nnum_points: 3\nflip_permutation: [0, 1, 2]\n", "no inter_ocular points"),
+        ("name: x\nnum_points: 3\nnormalisation: inter_pupil\ninter_ocular: [0, 1]\n", "no inter_pupil points"),
+        ("name: x\nnum_points: 3\nnormalisation: eyes\ninter_ocular: [0, 1]\n", "normalisation 'eyes'"),
+        ("name: x\nnum_points: 3\nflip_permutation: [0, 1, 5]\ninter_ocular: [0, 1]\n", r"indices \[5\] outside"),
         ("name: x\nnum_points: 3\nflip_permutation: [0, 1, 2]\ninter_ocular: [0, 1]\ninter_pupil: [0, 1]\nbogus: 1\n", "bogus"),
         ("name: x\nnum_points: 3\nflip_permutation: [1, 2, 0]\ninter_ocular: [0, 1]\ninter_pupil: [0, 1]\n", "own inverse"),
     ],

@@ -48,11 +48,12 @@ _SPLIT_SUBSETS = {
 W300_SPLITS = tuple(_SPLIT_SUBSETS)
 
 
-def read_pts(path: str | Path, num_points: int = NUM_POINTS) -> np.ndarray:
+def read_pts(path: str | Path, num_points: int | None = NUM_POINTS) -> np.ndarray:
     """Read a .pts file and return its landmarks ``(num_points, 2)`` float64, **0-based**.
 
     The file stores 1-based coordinates (``version: 1`` / ``n_points: N`` / ``{`` / N lines
-    ``x y`` / ``}``); 1 is subtracted. Errors name the file and line.
+    ``x y`` / ``}``); 1 is subtracted. ``num_points=None`` takes N from the file (any number of
+    points); otherwise N must equal it. Errors name the file and line.
     """
     path = Path(path)
     try:
@@ -64,7 +65,6 @@ def read_pts(path: str | Path, num_points: int = NUM_POINTS) -> np.ndarray:
     # Trailing blank lines are common; everything else must follow the format line by line.
     while lines and not lines[-1].strip():
         lines.pop()
-    expected_lines = num_points + 4
 
     def line(index: int) -> str:
         return lines[index].strip() if index < len(lines) else "<end of file>"
@@ -74,7 +74,12 @@ def read_pts(path: str | Path, num_points: int = NUM_POINTS) -> np.ndarray:
         raise ValueError(f"{path}, line 1: {line(0)!r}; expected 'version: 1'")
     key, _, value = line(1).partition(":")
     if key.strip() != "n_points" or not value.strip().isdigit():
-        raise ValueError(f"{path}, line 2: {line(1)!r}; expected 'n_points: {num_points}'")
+        raise ValueError(f"{path}, line 2: {line(1)!r}; expected 'n_points: {num_points or 'N'}'")
+    if num_points is None:
+        num_points = int(value)
+        if num_points < 1:
+            raise ValueError(f"{path}, line 2: n_points is 0; expected at least one point")
+    expected_lines = num_points + 4
     if int(value) != num_points:
         raise ValueError(f"{path}, line 2: n_points is {int(value)}; expected {num_points}")
     if line(2) != "{":

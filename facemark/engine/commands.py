@@ -12,7 +12,8 @@ from typing import Callable
 
 __all__ = ["add_train_arguments", "add_evaluate_arguments", "add_score_arguments"]
 
-DATASETS = ("wflw", "300w", "cofw", "cofw68")  # facemark.data.DATASET_SPLITS (not imported: it is slow)
+# facemark.data.DATASET_SPLITS and OWN_FORMATS (not imported: it is slow)
+DATASETS = ("wflw", "300w", "cofw", "cofw68", "manifest", "pts_folder", "coco")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
@@ -71,8 +72,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.N
         if result.best_checkpoint is not None:
             data = config.data
             print(f"best checkpoint: {result.best_checkpoint}")
-            print(f"evaluate it with: facemark evaluate {result.best_checkpoint} --data {data.root} "
-                  f"--dataset {data.dataset} --split {data.test_split}")
+            if data.test_fraction > 0:  # the test faces are carved from the training file: the config says which
+                print(f"evaluate it with: facemark evaluate {result.best_checkpoint} --data {data.root}")
+            else:
+                print(f"evaluate it with: facemark evaluate {result.best_checkpoint} --data {data.root} "
+                      f"--dataset {data.dataset} --split {data.test_split}")
         return 0
 
     return run
@@ -85,7 +89,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser, default: str) -> None:
                         help=f"benchmark to score on (default: {default})")
     parser.add_argument("--split", default=None,
                         help="split of the benchmark: test or test/<subset> (WFLW), full, common, challenging "
-                             f"(300W), test (COFW, COFW68) (default: {default})")
+                             "(300W), test (COFW, COFW68); own data: the manifest / COCO file or .pts folder, "
+                             f"relative to --data (default: {default})")
     parser.add_argument("--output-dir", default=None,
                         help="folder for results.json, results.md and ced.png")
 

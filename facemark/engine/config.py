@@ -77,14 +77,25 @@ class CropSettings:
 class DataConfig:
     """Which dataset, which splits, and how the training set is loaded."""
 
-    dataset: str = "wflw"  # a name accepted by facemark.data.load_dataset: wflw, 300w, cofw, ...
-    root: str = "data/WFLW"  # the folder the dataset was unpacked into
+    # A benchmark (wflw, 300w, cofw, cofw68) or an own-data format (manifest, pts_folder, coco:
+    # docs/own_data.md), as facemark.data.load_dataset takes it.
+    dataset: str = "wflw"
+    root: str = "data/WFLW"  # the folder the dataset was unpacked into (own data: the splits' folder)
+    # A benchmark's split name; own data: the manifest / COCO file or the .pts folder, relative to root.
     train_split: str = "train"
     # Validation split for best-model selection. None: carve ``val_fraction`` of the training
     # split (seeded by runtime.seed) and train on the rest.
     val_split: str | None = None
     val_fraction: float = 0.1
     test_split: str = "test"
+    # Own data only: what the points mean, a built-in layout name or a layout YAML file (relative
+    # paths: from the current folder). Benchmarks use their own layout.
+    layout: str | None = None
+    # Own data without a test file: > 0 holds out this fraction of data.train_split's images as
+    # the test split (by image, seeded by split_seed: the same faces on every run; data.test_split
+    # is then not read). The faces of each split are listed in the run's splits.json.
+    test_fraction: float = 0.0
+    split_seed: int = 0
     crop: CropSettings = field(default_factory=CropSettings)
     workers: int = 2  # DataLoader worker processes (0 = load in the main process)
     # "pdb": SDFL's pose-based data balancing (repeat rare poses; facemark.data.balancing).
@@ -184,6 +195,7 @@ def _check_values(config: TrainConfig) -> None:
     """Range checks that types cannot express; each error names the dotted key."""
     checks = [
         ("data.val_fraction", 0.0 <= config.data.val_fraction < 1.0, "a number in [0, 1)"),
+        ("data.test_fraction", 0.0 <= config.data.test_fraction < 1.0, "a number in [0, 1)"),
         ("data.workers", config.data.workers >= 0, "an integer >= 0"),
         ("data.crop.enlarge", config.data.crop.enlarge > 0, "a number > 0"),
         ("data.crop.size", config.data.crop.size >= 8, "an integer >= 8"),

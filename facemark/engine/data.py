@@ -31,7 +31,12 @@ from facemark.data.transforms import (
 from facemark.engine.methods import TrainingShapes
 from facemark.layouts import Layout
 
-__all__ = ["CropDataset", "carve_validation", "training_shapes", "worker_init"]
+__all__ = ["CropDataset", "carve_validation", "split_by_image", "config_splits", "write_splits_file", "check_splits_file",
+           "SPLITS_FILE", "training_shapes", "worker_init"]
+
+# The file in a run folder that lists the faces of each split (identifiers), so that evaluation
+# of the run's checkpoints can check it scores the same test faces.
+SPLITS_FILE = "splits.json"
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -86,7 +91,15 @@ def _image_key(record: FaceRecord) -> str:
 
 
 def carve_validation(dataset: LandmarkDataset, fraction: float, seed: int) -> tuple[LandmarkDataset, LandmarkDataset]:
-    """Split ``dataset`` into (train, validation) with ``fraction`` of its faces (at least 1) held out.
+    """Split ``dataset`` into (train, validation): :func:`split_by_image` with the parts named
+    ``<split>[train]`` and ``<split>[val]``."""
+    return split_by_image(dataset, fraction, seed, ("train", "val"))
+
+
+def split_by_image(dataset: LandmarkDataset, fraction: float, seed: int,
+                   names: tuple[str, str]) -> tuple[LandmarkDataset, LandmarkDataset]:
+    """Split ``dataset`` into (kept, held out) with ``fraction`` of its faces (at least 1) held out;
+    the parts' splits are ``<split>[<names[0]>]`` and ``<split>[<names[1]>]``.
 
     The split is by image: every face of one image (several faces, or a repeated annotation
     line) lands on the same side, so nothing of the validation images is trained on. Images are
@@ -110,13 +123,71 @@ def carve_validation(dataset: LandmarkDataset, fraction: float, seed: int) -> tu
         held_out += len(images[group])
     if keep.sum() == 0 or num_val >= count:
         raise ValueError(f"cannot hold out {num_val} of {count} faces ({len(images)} images) of {dataset.name}/{dataset.split} "
-                         "for validation (data.val_fraction too large or the split too small)")
+                         f"for {names[1]} (data.{names[1]}_fraction too large or the split too small)")
 
     def part(mask: np.ndarray, suffix: str) -> LandmarkDataset:
-        return LandmarkDataset(dataset.name, f"{dataset.split}{suffix}", dataset.root, dataset.layout,
+        return LandmarkDataset(dataset.name, f"{dataset.split}[{suffix}]", dataset.root, dataset.layout,
                                [records[i] for i in np.flatnonzero(mask)])
 
-    return part(keep, "[train]"), part(~keep, "[val]")
+    return part(keep, names[0]), part(~keep, names[1])
+
+
+def config_splits(data, layout=None, test: bool = True) -> tuple[LandmarkDataset, LandmarkDataset | None]:
+    """The training and (with ``test``) test faces a run's data config names.
+
+    ``data`` is the config's ``data`` section (a :class:`~facemark.engine.config.DataConfig` or its
+    dict, e.g. from a checkpoint); ``layout`` replaces ``data.layout`` (a checkpoint's layout).
+    With ``data.test_fraction > 0`` both come from ``data.train_split``, split by image with
+    ``data.split_seed``: the test part is ``<train_split>[test]``.
+    """
+    from facemark.data import OWN_FORMATS, load_dataset
+    from facemark.engine.config import ConfigError, DataConfig, config_from_dict
+
+    if not isinstance(data, DataConfig):
+        data = config_from_dict({"data": dict(data)}, " (the checkpoint's data config)").data
+    layout = data.layout if layout is None else layout
+    if data.test_fraction > 0:
+        if data.dataset.lower() not in OWN_FORMATS:
+            raise ConfigError(f"config key 'data.test_fraction' applies to own data ({', '.join(OWN_FORMATS)}); "
+                              f"{data.dataset} has its own test split (data.test_split)")
+        whole = load_dataset(data.dataset, data.root, data.train_split, layout=layout)
+        return split_by_image(whole, data.test_fraction, data.split_seed, ("train", "test"))
+    train = load_dataset(data.dataset, data.root, data.train_split, layout=layout)
+    return train, load_dataset(data.dataset, data.root, data.test_split, layout=layout) if test else None
+
+
+def write_splits_file(path, parts: dict[str, LandmarkDataset | None], data) -> None:
+    """List the identifiers of each split's faces in ``path`` (JSON), with the data config that made them."""
+    import json
+    from pathlib import Path
+
+    content = {
+        "format": "facemark.splits", "version": 1,
+        "dataset": data.dataset, "root": data.root, "layout": data.layout, "train_split": data.train_split,
+        "test_split": f"{data.train_split}[test]" if data.test_fraction > 0 else data.test_split,
+        "test_fraction": data.test_fraction, "split_seed": data.split_seed, "val_fraction": data.val_fraction,
+        "counts": {name: None if part is None else len(part) for name, part in parts.items()},
+        "faces": {name: None if part is None else [record.identifier for record in part] for name, part in parts.items()},
+    }
+    Path(path).write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
+
+
+def check_splits_file(path, split: str, dataset: LandmarkDataset) -> None:
+    """``dataset`` must hold exactly the faces ``path`` (a run's splits.json) lists for ``split``:
+    otherwise the data changed since training and the scores would not be the run's."""
+    import json
+    from pathlib import Path
+
+    listed = json.loads(Path(path).read_text(encoding="utf-8-sig")).get("faces", {}).get(split)
+    if listed is None:
+        return
+    given = [record.identifier for record in dataset]
+    if given != listed:
+        missing, extra = sorted(set(listed) - set(given)), sorted(set(given) - set(listed))
+        raise ValueError(f"{path} lists {len(listed)} {split} faces of the run but the data now gives {len(given)} "
+                         f"({len(missing)} listed faces missing, e.g. {missing[:3]}; {len(extra)} new, e.g. {extra[:3]}"
+                         f"{'; same faces in another order' if not missing and not extra else ''}): the data changed "
+                         "since training; restore it or pass --split to evaluate other faces")
 
 
 def training_shapes(dataset: LandmarkDataset, crop: CropConvention) -> TrainingShapes:

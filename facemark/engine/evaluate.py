@@ -91,6 +91,8 @@ class Predictions:
     layout: str
     box_source: str
     model: str
+    # The whole layout (Layout.to_dict): own data's layouts are not built in, and score needs them.
+    layout_spec: dict | None = None
 
 
 def save_predictions(path: str | Path, predictions: Predictions) -> Path:
@@ -108,6 +110,7 @@ def save_predictions(path: str | Path, predictions: Predictions) -> Path:
         "box_source": predictions.box_source,
         "model": predictions.model,
         "coordinates": "original-image pixels, 0-based, x y per point",
+        **({"layout_spec": predictions.layout_spec} if predictions.layout_spec is not None else {}),
         "predictions": {identifier: points.tolist() for identifier, points in zip(predictions.identifiers, landmarks)},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +147,7 @@ def load_predictions(path: str | Path) -> Predictions:
                              f"entry {identifiers[0]!r} has {len(arrays[0])}")
         arrays.append(points)
     return Predictions(identifiers, np.stack(arrays), str(data["dataset"]), str(data["split"]), str(data["layout"]),
-                       str(data["box_source"]), str(data["model"]))
+                       str(data["box_source"]), str(data["model"]), data.get("layout_spec"))
 
 
 def _align(predictions: Predictions, dataset: LandmarkDataset, source: str) -> np.ndarray:
@@ -168,25 +171,26 @@ def _align(predictions: Predictions, dataset: LandmarkDataset, source: str) -> n
 
 # -- results -------------------------------------------------------------------------------------
 def write_results(results: EvaluationResults, output_dir: str | Path) -> dict[str, Path]:
-    """``results.json``, ``results.md`` and ``ced.png`` (inter-ocular CED per subset) in ``output_dir``."""
+    """``results.json``, ``results.md`` and ``ced.png`` (CED per subset under the results' normalisation,
+    inter-ocular for the benchmarks) in ``output_dir``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": results.to_json(output_dir / "results.json")}
     markdown = output_dir / "results.md"
     markdown.write_text(results.markdown() + "\n")
     paths["markdown"] = markdown
-    curves = {"all": results.per_image("inter_ocular")}
+    curves = {"all": results.per_image()}
     for subset, mask in results.subsets.items():
         if mask.any():
-            curves[subset] = results.per_image("inter_ocular", subset)
-    paths["ced"] = plot_ced(curves, output_dir / "ced.png", threshold=0.10,
+            curves[subset] = results.per_image(subset=subset)
+    paths["ced"] = plot_ced(curves, output_dir / "ced.png", threshold=0.10, norm=results.normalisation,
                             title=f"CED: {results.model} on {results.dataset} {results.split}")
     return paths
 
 
 def default_output_dir(checkpoint: Path, dataset: str, split: str) -> Path:
     """Where ``evaluate`` writes by default: ``<checkpoint folder>/eval_<dataset>_<split>``."""
-    return checkpoint.parent / f"eval_{dataset}_{split.replace('/', '_')}"
+    return checkpoint.parent / f"eval_{dataset}_{split.replace('/', '_').replace('[', '_').replace(']', '')}"
 
 
 def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None = None, split: str | None = None,
@@ -194,12 +198,15 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None 
              progress: bool = True, methods: Mapping | None = None) -> EvaluationResults:
     """Evaluate a checkpoint on ``dataset``/``split`` under ``data_root`` and write the outputs.
 
-    ``dataset`` and ``split`` default to the training config's dataset and test split. The
-    output folder defaults to ``<checkpoint folder>/eval_<dataset>_<split>``.
+    ``dataset`` and ``split`` default to the training config's dataset and test split (with
+    ``data.test_fraction``: the test part carved from its training file; when the run folder holds
+    ``splits.json`` the faces must be the ones listed there). Own data is read with the
+    checkpoint's layout. The output folder defaults to ``<checkpoint folder>/eval_<dataset>_<split>``.
     """
-    from facemark.data import load_dataset
+    from facemark.data import OWN_FORMATS, load_dataset
     from facemark.data.image_check import check_dataset_images
     from facemark.engine.checkpoint import load_model
+    from facemark.engine.data import SPLITS_FILE, check_splits_file, config_splits
     from facemark.engine.distributed import resolve_device
     from facemark.models.weights import weights_file_errors
 
@@ -208,11 +215,24 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None 
     with weights_file_errors(checkpoint, "checkpoint"):
         loaded = load_model(checkpoint, device=target, methods=methods)
     data_config = loaded.config.get("data", {})
-    dataset = dataset or data_config.get("dataset")
-    split = split or data_config.get("test_split", "test")
-    if not dataset:
-        raise ValueError(f"checkpoint {checkpoint} records no dataset; pass dataset=")
-    records = load_dataset(dataset, data_root, split)
+    own_layout = loaded.layout if str(dataset or data_config.get("dataset", "")).lower() in OWN_FORMATS else None
+    if (dataset is None or dataset == data_config.get("dataset")) and split is None and data_config:
+        # The run's own test faces (carved from the training file with data.test_fraction).
+        if data_config.get("test_fraction", 0) > 0:
+            _, records = config_splits({**data_config, "root": str(data_root)}, layout=own_layout)
+        else:
+            records = load_dataset(data_config["dataset"], data_root, data_config.get("test_split", "test"),
+                                   layout=own_layout)
+        dataset, split = records.name, records.split
+        splits_file = checkpoint.parent / SPLITS_FILE
+        if splits_file.is_file():
+            check_splits_file(splits_file, "test", records)
+    else:
+        dataset = dataset or data_config.get("dataset")
+        split = split or data_config.get("test_split", "test")
+        if not dataset:
+            raise ValueError(f"checkpoint {checkpoint} records no dataset; pass dataset=")
+        records = load_dataset(dataset, data_root, split, layout=own_layout)
     check_dataset_images(records)  # every unreadable image at once, before the model runs
     if records.layout.num_points != loaded.layout.num_points:
         raise ValueError(f"checkpoint {checkpoint} predicts {loaded.layout.num_points} points ({loaded.layout.name}) "
@@ -223,7 +243,8 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None 
     box_source = box_source_label(loaded.crop)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(checkpoint, dataset, split)
     predictions = Predictions([r.identifier for r in records], landmarks, records.name, records.split,
-                              records.layout.name, box_source, loaded.name)
+                              records.layout.name, box_source, loaded.name,
+                              records.layout.to_dict() if own_layout is not None else None)
     save_predictions(output_dir / "predictions.json", predictions)
     results = EvaluationResults.from_predictions(
         landmarks, records, model_name=loaded.name, box_source=box_source,
@@ -241,14 +262,20 @@ def score(predictions_file: str | Path, data_root: str | Path, dataset: str | No
     must have exactly one prediction (errors name missing and extra identifiers). Outputs are
     written to ``output_dir`` when given.
     """
-    from facemark.data import load_dataset
+    from facemark.data import OWN_FORMATS, load_dataset
     from facemark.data.image_check import check_dataset_images
 
     predictions_file = Path(predictions_file)
     predictions = load_predictions(predictions_file)
     dataset = dataset or predictions.dataset
     split = split or predictions.split
-    records = load_dataset(dataset, data_root, split)
+    layout = None
+    if str(dataset).lower() in OWN_FORMATS:
+        if predictions.layout_spec is None:
+            raise ValueError(f"predictions file {predictions_file} holds no layout_spec; own data ({dataset}) needs "
+                             "the layout of the points (a predictions file written by facemark evaluate has it)")
+        layout = Layout.from_dict(predictions.layout_spec, source=f"{predictions_file} (layout_spec)")
+    records = load_dataset(dataset, data_root, split, layout=layout)
     check_dataset_images(records)  # warns about faces outside their image, as evaluate does
     landmarks = _align(predictions, records, f"predictions file {predictions_file}")
     results = EvaluationResults.from_predictions(

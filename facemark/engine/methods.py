@@ -127,6 +127,9 @@ def _slpt_loss(layout: Layout, statistics: Mapping, image_size: int, *,
     if normalisation not in ("inter_ocular", "crop"):
         raise ConfigError(f"config key 'loss.options.normalisation': expected 'inter_ocular' or 'crop', "
                           f"got {normalisation!r}")
+    if normalisation == "inter_ocular" and layout.inter_ocular is None:
+        raise ConfigError(f"config key 'loss.options.normalisation': the layout {layout.name!r} has no inter_ocular "
+                          "points to normalise the SLPT loss by; set loss.options.normalisation=crop")
 
     def loss(output, target: torch.Tensor) -> torch.Tensor:
         return slpt_loss(output, target, layout, stage_weights=stage_weights, normalisation=normalisation)

@@ -49,7 +49,15 @@ from facemark.engine.checkpoint import (
     save_checkpoint,
 )
 from facemark.engine.config import ConfigError, TrainConfig, check_options, config_to_dict, save_config
-from facemark.engine.data import CropDataset, carve_validation, training_shapes, worker_init
+from facemark.engine.data import (
+    SPLITS_FILE,
+    CropDataset,
+    carve_validation,
+    config_splits,
+    training_shapes,
+    worker_init,
+    write_splits_file,
+)
 from facemark.engine.distributed import agree_on_minimum, broadcast_flag, cleanup_distributed, init_distributed
 from facemark.engine.evaluate import predict_landmarks
 from facemark.engine.methods import (
@@ -289,6 +297,7 @@ class _Data:
     train_set: object  # facemark.data.records.LandmarkDataset
     selection: object | None
     layout: object  # facemark.layouts.Layout
+    test_set: object | None = None  # the test faces, when they could be read
 
 
 @dataclass
@@ -376,33 +385,60 @@ def _set_kernel_switches(config: TrainConfig, context) -> None:
 
 def _load_data(config: TrainConfig, logger: logging.Logger) -> _Data:
     """The training split, and the selection faces: the test split (``runtime.select_on=test``),
-    ``data.val_split``, or ``data.val_fraction`` carved from the training split."""
+    ``data.val_split``, or ``data.val_fraction`` carved from the training split. With
+    ``data.test_fraction`` the test split is itself carved from ``data.train_split`` first."""
     from facemark.data import load_dataset
     from facemark.data.image_check import check_dataset_images
 
     data, runtime = config.data, config.runtime
-    train_full = load_dataset(data.dataset, data.root, data.train_split)
+    needs_test = runtime.select_on == "test" or runtime.report_best_and_last
+    try:
+        train_full, test_set = config_splits(data, test=True)
+    except FileNotFoundError:
+        if needs_test or data.test_fraction > 0:
+            raise  # the run needs the test faces: fail now, not after training
+        train_full, test_set = config_splits(data, test=False)
+        logger.warning("test split %r of %s not found under %s: splits.json lists no test faces", data.test_split,
+                       data.dataset, data.root)
     if runtime.select_on == "test":
         train_set = train_full
-        selection = load_dataset(data.dataset, data.root, data.test_split)
+        selection = test_set
         logger.warning(
             "runtime.select_on=test: the best epoch is chosen on the TEST split %r, as the SLPT and SDFL "
             "authors did. Test numbers of best.pt are then optimistic, not a held-out estimate; use "
             "runtime.select_on=val for an unbiased result.", data.test_split)
     elif data.val_split is not None:
         train_set = train_full
-        selection = load_dataset(data.dataset, data.root, data.val_split)
+        selection = load_dataset(data.dataset, data.root, data.val_split, layout=data.layout)
     elif data.val_fraction > 0:
         train_set, selection = carve_validation(train_full, data.val_fraction, runtime.seed)
     else:
         train_set, selection = train_full, None
         logger.warning("no validation data (data.val_fraction=0, no data.val_split): best.pt is the last epoch")
     check_dataset_images(train_set, selection)  # every unreadable image at once, before the first epoch
-    if runtime.report_best_and_last and runtime.select_on != "test":
-        load_dataset(data.dataset, data.root, data.test_split)  # the final report needs it: fail now, not then
-    logger.info("data: %s %s, %d training faces, %s", data.dataset, data.root, len(train_set),
-                f"{len(selection)} selection faces ({selection.split})" if selection is not None else "no validation")
-    return _Data(train_set, selection, train_set.layout)
+    if train_set.layout.normalisation == "bbox":  # the selection NME divides by each face's box
+        for part in (selection, test_set):
+            boxless = [record.identifier for record in (part or ()) if record.box is None]
+            if boxless:
+                raise ValueError(f"layout {train_set.layout.name!r} is normalised by the face box but {len(boxless)} "
+                                 f"face(s) of {part.name}/{part.split} have no box, e.g. {boxless[:3]}; give every "
+                                 "face a box or choose another normalisation in the layout")
+    logger.info("data: %s %s, %d training faces, %s%s", data.dataset, data.root, len(train_set),
+                f"{len(selection)} selection faces ({selection.split})" if selection is not None else "no validation",
+                f", {len(test_set)} test faces ({test_set.split})" if test_set is not None else "")
+    return _Data(train_set, selection, train_set.layout, test_set)
+
+
+def _without_flips(recipe: _Recipe, layout, logger: logging.Logger) -> None:
+    """A layout without a flip permutation cannot mirror its faces: flip augmentation is turned off."""
+    import dataclasses
+
+    augmentation = recipe.augmentation
+    if layout.flip_permutation is None and augmentation is not None and augmentation.flip_probability > 0:
+        logger.warning("layout %s has no flip_permutation: flip augmentation is off (flip_probability %g -> 0); "
+                       "add the mirror pairs to the layout file to turn it on", layout.name,
+                       augmentation.flip_probability)
+        recipe.augmentation = dataclasses.replace(augmentation, flip_probability=0.0)
 
 
 def _model_spec(config: TrainConfig, recipe: _Recipe, data: _Data, state: dict | None, logger: logging.Logger) -> dict:
@@ -605,7 +641,9 @@ def _validate(run: _Run, epoch: int, epochs: int) -> float | None:
     predictions = predict_landmarks(run.model, selection.records, run.data.layout, run.recipe.crop, run.context.device,
                                     batch_size=runtime.eval_batch_size, workers=run.config.data.workers,
                                     progress=runtime.progress, description="validate")
-    return float(nme(predictions, selection.landmarks(), run.data.layout, "inter_ocular").mean())
+    norm = run.data.layout.normalisation  # inter-ocular for the benchmarks; an own layout's choice
+    boxes = np.array([record.box for record in selection.records], dtype=np.float64) if norm == "bbox" else None
+    return float(nme(predictions, selection.landmarks(), run.data.layout, norm, boxes=boxes).mean())
 
 
 def _end_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int, trained: dict, val_nme: float | None,
@@ -717,12 +755,14 @@ def _report_best_and_last(run: _Run, progress: _Progress, last_epoch: int) -> tu
     if run.data.selection is not None and recipe.best_path.is_file():
         rows.append(("best", REPORT_LABELS[runtime.select_on], progress.best_epoch, recipe.best_path))
     rows.append(("last", REPORT_LABELS["last"], last_epoch, recipe.last_path))
+    test_split = data.test_split if data.test_fraction == 0 else "test"  # carved from train_split: its [test] part
     results, entries = {}, []
     evaluated: dict[int, tuple] = {}  # epoch -> (results, folder): best and last may be the same epoch
     for key, label, epoch, path in rows:
         if epoch not in evaluated:
-            folder = recipe.output_dir / f"eval_{key}_{data.dataset}_{data.test_split.replace('/', '_')}"
-            evaluated[epoch] = (evaluate(path, data.root, dataset=data.dataset, split=data.test_split,
+            folder = recipe.output_dir / f"eval_{key}_{data.dataset}_{Path(test_split).stem.replace('/', '_')}"
+            # dataset and split from the checkpoint's config: the same test faces as splits.json lists
+            evaluated[epoch] = (evaluate(path, data.root,
                                          output_dir=folder, device=str(run.context.device),
                                          batch_size=runtime.eval_batch_size, workers=data.workers,
                                          progress=runtime.progress, methods=run.methods), folder)
@@ -734,7 +774,7 @@ def _report_best_and_last(run: _Run, progress: _Progress, last_epoch: int) -> tu
     (recipe.output_dir / "results.md").write_text(compare_markdown(results) + "\n")
     path = recipe.output_dir / "results.json"
     path.write_text(json.dumps({"format": "facemark.training_results", "version": 1, "dataset": data.dataset,
-                                "split": data.test_split, "select_on": runtime.select_on, "rows": entries},
+                                "split": test_split, "select_on": runtime.select_on, "rows": entries},
                                indent=1) + "\n")
     run.logger.info("test-split results of the selected and the last epoch (%s):\n%s", path, table)
     return table, path
@@ -766,6 +806,7 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         _set_kernel_switches(config, context)
         seed_everything(config.runtime.seed)
         data = _load_data(config, logger)
+        _without_flips(recipe, data.layout, logger)
         state = None
         if resume:
             state, resumed_from = read_resume_checkpoint(recipe.output_dir, resume_from)
@@ -782,6 +823,8 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         progress = _restore(run, state)
         if context.is_main:
             save_config(config, recipe.output_dir / "config.yaml")
+            write_splits_file(recipe.output_dir / SPLITS_FILE, {"train": data.train_set, "val": data.selection
+                              if config.runtime.select_on == "val" else None, "test": data.test_set}, config.data)
             _write_csv(recipe.output_dir / "metrics.csv", progress.csv_rows)
         run.writer = _open_tensorboard(recipe.output_dir, config.runtime.tensorboard and context.is_main, logger)
         _build_loader(run)

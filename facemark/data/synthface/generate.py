@@ -15,10 +15,30 @@ import cv2
 import numpy as np
 
 from facemark.data.synthface.render import RenderedFace, render_face, sample_face_params
+from facemark.layouts import Layout, get_layout
 
-__all__ = ["FORMATS", "SPLIT_IDS", "face_generator", "render_sample", "generate_dataset", "write_preview", "preview_sheet"]
+__all__ = ["FORMATS", "OWN_LAYOUTS", "FACE5", "SPLIT_IDS", "face_generator", "render_sample", "generate_dataset",
+           "write_preview", "preview_sheet"]
 
-FORMATS = ("wflw", "300w", "cofw")
+# The benchmarks' release formats, then the own-data formats (facemark.data.own).
+BENCHMARK_FORMATS = ("wflw", "300w", "cofw")
+OWN_FORMATS = ("manifest", "pts_folder", "coco")
+FORMATS = BENCHMARK_FORMATS + OWN_FORMATS
+# A 5-point layout made from SynthFace's WFLW points, as an own layout: the pupils (96, 97), the
+# nose tip (54) and the mouth corners (76, 82); the eyes are also its normaliser.
+FACE5_FROM_WFLW98 = (96, 97, 54, 76, 82)
+FACE5 = Layout(
+    name="face5",
+    num_points=5,
+    groups={"eyes": (0, 1), "nose": (2,), "mouth": (3, 4)},
+    flip_permutation=(1, 0, 2, 4, 3),
+    inter_ocular=(0, 1),
+    inter_pupil=((0,), (1,)),
+    point_groups=("eyes", "nose"),
+    point_names=("left_eye", "right_eye", "nose_tip", "mouth_left", "mouth_right"),
+)
+# The layouts an own-data format can be written with: SynthFace's three sets of points and FACE5.
+OWN_LAYOUTS = ("wflw98", "300w68", "cofw29", "face5")
 # The split is part of each image's seed, so train and test never share an image.
 SPLIT_IDS = {"train": 0, "test": 1, "preview": 2}
 WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
@@ -141,6 +161,7 @@ def generate_dataset(
     format: str = "wflw",
     workers: int = 1,
     progress: bool = True,
+    layout: str = "wflw98",
 ) -> dict:
     """Write a SynthFace dataset under ``out_dir`` in a benchmark's native release format, so that
     ``facemark.data.load_dataset(format, out_dir, split)`` reads it unchanged.
@@ -154,7 +175,12 @@ def generate_dataset(
         size: image side in pixels (square images).
         format: "wflw" (98 points, default), "300w" (68 points; test images split into the
             common and challenging subsets) or "cofw" (29 points with occlusion flags; also
-            writes the COFW68 68-point annotations of the test images).
+            writes the COFW68 68-point annotations of the test images); or an own-data format
+            (``docs/own_data.md``): "manifest" (``train.csv``, ``test.csv``, images under
+            ``images/``), "pts_folder" (``train/``, ``test/``: images with .pts files) or "coco"
+            (``train.json``, ``test.json``, images under ``images/``), with ``layout.yaml``.
+        layout: the points of an own-data format: one of :data:`OWN_LAYOUTS` ("face5": 5 points,
+            :data:`FACE5`).
         workers: processes rendering in parallel.
         progress: show a progress bar (tqdm).
 
@@ -175,6 +201,8 @@ def generate_dataset(
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if format in OWN_FORMATS and layout not in OWN_LAYOUTS:
+        raise ValueError(f"unknown SynthFace layout {layout!r}; expected one of {list(OWN_LAYOUTS)}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     summary: dict = {
@@ -184,6 +212,12 @@ def generate_dataset(
         "size": int(size),
         "splits": {},
     }
+    if format in OWN_FORMATS:
+        summary["layout"] = layout
+        own_layout = FACE5 if layout == "face5" else get_layout(layout)
+        import yaml
+
+        (root / "layout.yaml").write_text(yaml.safe_dump(own_layout.to_dict(), sort_keys=False, default_flow_style=None), encoding="utf-8")
     for split, count in (("train", int(num_train)), ("test", int(num_test))):
         if count == 0:
             continue
@@ -192,8 +226,10 @@ def generate_dataset(
             flags = _write_wflw(root, split, faces)
         elif format == "300w":
             flags = _write_300w(root, split, faces)
-        else:
+        elif format == "cofw":
             flags = _write_cofw(root, split, faces)
+        else:
+            flags = _write_own(root, split, faces, format, own_layout, int(size))
         flags_array = np.array(flags, dtype=np.int64).reshape(-1, len(WFLW_ATTRIBUTES))
         summary["splits"][split] = {
             "images": count,
@@ -248,6 +284,42 @@ def _write_cofw(root: Path, split: str, faces: Iterator[dict]) -> list[tuple[int
     write_cofw_mat(cofw_mat_path(root, split), split, images, np.array(landmarks), boxes_array, np.array(occluded))
     if split == "test":
         write_cofw68_annotations(root, np.array(landmarks68), np.array(occluded68), boxes_array)
+    return flags
+
+
+def _own_points(face: dict, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    if layout.name == FACE5.name:
+        return face["landmarks"]["wflw98"][list(FACE5_FROM_WFLW98)], face["occluded"]["wflw98"][list(FACE5_FROM_WFLW98)]
+    return face["landmarks"][layout.name], face["occluded"][layout.name]
+
+
+def _write_own(root: Path, split: str, faces: Iterator[dict], format: str, layout: Layout,
+               size: int) -> list[tuple[int, ...]]:
+    """Images and annotations of one split in an own-data format (facemark.data.own's writers)."""
+    from facemark.data.own import write_coco, write_manifest, write_pts_folder
+    from facemark.data.records import FaceRecord
+
+    image_folder = root / split if format == "pts_folder" else root / "images" / split
+    image_folder.mkdir(parents=True, exist_ok=True)
+    records, flags = [], []
+    for face in faces:
+        # absolute: the writers take relative image paths as relative to the annotation's folder
+        image_path = (image_folder / f"synthface_{split}_{face['index']:06d}.jpg").absolute()
+        image_path.write_bytes(face["jpeg"])
+        landmarks, occluded = _own_points(face, layout)
+        records.append(FaceRecord(
+            identifier=image_path.name, landmarks=np.asarray(landmarks, dtype=np.float64), layout=layout,
+            box=tuple(float(v) for v in face["box"]), occluded=np.asarray(occluded, dtype=bool),
+            attributes=dict(zip(WFLW_ATTRIBUTES, (int(v) for v in face["flags"]))), image_path=image_path,
+        ))
+        flags.append(face["flags"])
+    if format == "manifest":
+        write_manifest(root / f"{split}.csv", records)
+    elif format == "pts_folder":
+        write_pts_folder(root / split, records)
+    else:
+        sizes = {f"images/{split}/{record.image_path.name}": (size, size) for record in records}
+        write_coco(root / f"{split}.json", records, layout, image_sizes=sizes)
     return flags
 
 
