@@ -258,3 +258,15 @@ def test_the_hrnet_preset_rotates_six_samples_in_ten():
     sample_augmentation(always, 64, first)
     _ = Uniform(-30.0, 30.0).sample(second), [second.random() for _ in range(4)]
     assert first.random() == second.random()
+
+
+def test_evaluate_takes_an_authors_slpt_file_too(tmp_path):
+    from facemark.engine.evaluate import evaluate
+
+    path = tmp_path / "WFLW_6_layer.pth"
+    write_state_dict_like(path, read_key_list(HRNET_FLD_KEYS.parent / "slpt_official_state_dict_wflw98_6layers.txt"))
+    root = make_wflw_fixture(tmp_path / "wflw", num_train=1, num_test=1)
+    results = evaluate(path, root, dataset="wflw", output_dir=tmp_path / "eval", device="cpu", workers=0,
+                       progress=False)
+    assert "WFLW_6_layer.pth" in results.model and "slpt" in results.model
+    assert results.box_source == "gt_landmarks x1.2"  # the authors' crop
