@@ -270,3 +270,27 @@ def test_evaluate_takes_an_authors_slpt_file_too(tmp_path):
                        progress=False)
     assert "WFLW_6_layer.pth" in results.model and "slpt" in results.model
     assert results.box_source == "gt_landmarks x1.2"  # the authors' crop
+
+
+@pytest.mark.parametrize("spec_change,key", [
+    ({"backbone": "resnet34"}, "'model.backbone'"),
+    ({"image_size": 48}, "'data.crop.size'"),
+])
+def test_a_recipe_the_heatmap_model_cannot_take_names_the_config_key(spec_change, key):
+    from facemark.engine.config import ConfigError
+    from facemark.engine.methods import METHODS, build_model_from_spec
+    from facemark.layouts import get_layout
+
+    spec = {"method": "heatmap", "backbone": "hrnet_w18c_lite", "options": {}, "layout": get_layout("cofw29").to_dict(),
+            "statistics": {}, "image_size": 64, **spec_change}
+    with pytest.raises(ConfigError, match=key):
+        build_model_from_spec(spec, METHODS)
+
+
+def test_a_bad_sigma_names_its_config_key():
+    from facemark.engine.config import ConfigError
+    from facemark.engine.methods import METHODS
+    from facemark.layouts import get_layout
+
+    with pytest.raises(ConfigError, match="'loss.options.sigma'"):
+        METHODS["heatmap"].build_loss(get_layout("wflw98"), {}, 256, sigma=0)
