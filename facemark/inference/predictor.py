@@ -58,6 +58,7 @@ __all__ = [
     "load_weights",
     "onnx_session",
     "weights_kind",
+    "read_torch_weights",
     "OFFICIAL_SLPT_KEYS",
     "RELEASE_LAYOUTS",
     "METADATA_KEY",
