@@ -148,7 +148,7 @@ def test_every_recipe_in_configs_is_valid(path):
 def test_configs_folder_has_every_paper_recipe():
     names = {path.stem for path in CONFIG_DIR.glob("*.yaml")}
     for dataset in ("wflw", "300w", "cofw"):
-        for recipe in ("slpt_hrnet", "slpt_resnet34", "sdfl_hrnet", "fc_hrnet"):
+        for recipe in ("slpt_hrnet", "slpt_resnet34", "sdfl_hrnet", "fc_hrnet", "heatmap_hrnet"):
             assert f"{recipe}_{dataset}" in names
 
 

@@ -22,8 +22,8 @@ the warp (as SLPT does), both composed into the same 2x3 matrix, so there is ONE
 :func:`crop_to_image` maps predictions in crop pixels back to the original image through the
 exact inverse; evaluation and inference use it.
 
-Training augmentation (:class:`AugmentationConfig`, presets :func:`slpt_augmentation` and
-:func:`sdfl_augmentation`) is drawn from a ``numpy.random.Generator`` that the caller passes in,
+Training augmentation (:class:`AugmentationConfig`, presets :func:`slpt_augmentation`,
+:func:`sdfl_augmentation` and :func:`hrnet_augmentation`) is drawn from a ``numpy.random.Generator`` that the caller passes in,
 never from a global RNG, so a sample is reproducible from its seed.
 """
 from __future__ import annotations
@@ -68,6 +68,7 @@ __all__ = [
     "AugmentationConfig",
     "slpt_augmentation",
     "sdfl_augmentation",
+    "hrnet_augmentation",
     "AUGMENTATION_PRESETS",
     "AugmentationParams",
     "sample_augmentation",
@@ -439,6 +440,7 @@ class AugmentationConfig:
 
     Geometry (one affine warp, in this order of meaning):
         rotation: degrees about the crop centre (positive = counter-clockwise on screen).
+        rotation_probability: the share of samples that are rotated (the others get 0 degrees).
         scale: multiplier on the crop's side (> 1 zooms out: the face gets smaller).
         shift: crop-centre shift as a fraction of the (scaled) crop side, drawn separately for
             x and y in the original image's axes; ``f`` moves the content by ``f x S`` pixels.
@@ -458,6 +460,7 @@ class AugmentationConfig:
     """
 
     rotation: Distribution | None = None
+    rotation_probability: float = 1.0
     scale: Distribution | None = None
     shift: Distribution | None = None
     flip_probability: float = 0.0
@@ -474,7 +477,7 @@ class AugmentationConfig:
 
     def __post_init__(self) -> None:
         where = "AugmentationConfig"
-        for name in ("flip_probability", "grayscale_probability", "occlusion_probability",
+        for name in ("rotation_probability", "flip_probability", "grayscale_probability", "occlusion_probability",
                      "gaussian_blur_probability", "motion_blur_probability"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
@@ -568,11 +571,29 @@ def sdfl_augmentation() -> AugmentationConfig:
     )
 
 
+def hrnet_augmentation() -> AugmentationConfig:
+    """The HRNet facial-landmark release (``shared/facts/heatmap_baseline.md``; its
+    ``lib/datasets/wflw.py:64-74``, the same in ``face300w.py`` and ``cofw.py``).
+
+    Crop side x U(0.75, 1.25) (SCALE_FACTOR 0.25); rotation U(+-30 deg) (ROT_FACTOR 30) for 60 % of
+    the samples, none for the rest; mirror 0.5. No shift, no appearance change. The release
+    mirrors a point to ``W - x`` (``lib/utils/transforms.py:40``, one pixel off the mirrored image);
+    facemark's mirror is exact.
+    """
+    return AugmentationConfig(
+        rotation=Uniform(-30.0, 30.0),
+        rotation_probability=0.6,
+        scale=Uniform(0.75, 1.25),
+        flip_probability=0.5,
+    )
+
+
 # Names accepted in configuration files; "none" is the evaluation path (crop only).
 AUGMENTATION_PRESETS = {
     "none": lambda: None,
     "slpt": slpt_augmentation,
     "sdfl": sdfl_augmentation,
+    "hrnet": hrnet_augmentation,
 }
 
 
@@ -637,6 +658,8 @@ def sample_augmentation(config: AugmentationConfig, size: int, rng: np.random.Ge
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"sample_augmentation needs a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     rotation = _draw(config.rotation, 0.0, rng)
+    if config.rotation_probability < 1.0 and rng.random() >= config.rotation_probability:
+        rotation = 0.0  # (no extra draw when every sample is rotated: the other presets' samples stay as they were)
     scale = _draw(config.scale, 1.0, rng)
     shift = (_draw(config.shift, 0.0, rng), _draw(config.shift, 0.0, rng))
     flip = bool(rng.random() < config.flip_probability)

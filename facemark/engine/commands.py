@@ -98,7 +98,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser, default: str) -> None:
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     """``facemark evaluate CHECKPOINT --data ROOT [--dataset wflw --split test] ...``"""
     parser.add_argument("checkpoint", help="a facemark checkpoint (best.pt or last.pt of a training run); the model, "
-                                           "its layout and its crop convention are rebuilt from this file alone")
+                                           "its layout and its crop convention are rebuilt from this file alone. "
+                                           "Also a released SLPT (WFLW_6_layer.pth) or HRNet facial-landmark "
+                                           "(HR18-WFLW.pth) file, with that release's crop; give --dataset")
     _add_data_arguments(parser, "the dataset and test split of the checkpoint's training config; output folder: "
                                 "<checkpoint folder>/eval_<dataset>_<split>")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")

@@ -147,7 +147,7 @@ class LossConfig:
 class AugmentationSettings:
     """A preset of ``facemark.data.transforms.AugmentationConfig`` plus field overrides."""
 
-    preset: Literal["slpt", "sdfl", "none"] = "slpt"
+    preset: Literal["slpt", "sdfl", "hrnet", "none"] = "slpt"
     overrides: dict = field(default_factory=dict)
 
 

@@ -1,5 +1,9 @@
 """Evaluation: run a checkpoint on a benchmark split, save its predictions, score them.
 
+The checkpoint is a facemark one, or a released file of another project that facemark loads
+strictly: the SLPT authors' (``WFLW_6_layer.pth``...) or the HRNet facial-landmark release's
+(``HR18-WFLW.pth``...), each evaluated with that release's crop convention.
+
 ``evaluate`` crops every face with the crop convention stored in the checkpoint, runs the model,
 maps the predictions back to the ORIGINAL images through the exact inverse of the crop affine
 (the protocol of ``shared/facts/evaluation.md``) and scores them with
@@ -38,6 +42,7 @@ __all__ = [
     "write_results",
     "PREDICTIONS_FORMAT",
     "default_output_dir",
+    "load_evaluation_model",
 ]
 
 PREDICTIONS_FORMAT = "facemark.predictions"
@@ -193,6 +198,29 @@ def default_output_dir(checkpoint: Path, dataset: str, split: str) -> Path:
     return checkpoint.parent / f"eval_{dataset}_{split.replace('/', '_').replace('[', '_').replace(']', '')}"
 
 
+def load_evaluation_model(checkpoint: str | Path, device: torch.device | str = "cpu",
+                          methods: Mapping | None = None):
+    """A :class:`~facemark.engine.checkpoint.LoadedModel` for a facemark checkpoint or a released
+    SLPT / HRNet facial-landmark file (layout from its number of points, the release's crop
+    convention; no training config, so ``evaluate`` needs the dataset)."""
+    from facemark.engine.checkpoint import LoadedModel, load_model
+    from facemark.inference.predictor import read_torch_weights, weights_kind
+
+    checkpoint = Path(checkpoint)
+    kind = weights_kind(checkpoint)
+    if kind == "facemark":
+        return load_model(checkpoint, device=device, methods=methods)
+    releases = {"official_slpt": ("slpt (authors' release)", "hrnet_w18c_lite"),
+                "hrnet_fld": ("heatmap (HRNet facial-landmark release)", "hrnet_w18c")}
+    if kind not in releases:
+        raise ValueError(f"{checkpoint}: a {kind} file; evaluate takes a facemark checkpoint or a released SLPT or "
+                         "HRNet facial-landmark .pth file")
+    model, layout, crop, _ = read_torch_weights(checkpoint)
+    method, backbone = releases[kind]
+    return LoadedModel(model=model.to(device).eval(), layout=layout, crop=crop, method=method, backbone=backbone,
+                       epoch=0, best_metric=None, config={}, path=checkpoint)
+
+
 def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None = None, split: str | None = None,
              output_dir: str | Path | None = None, device: str = "auto", batch_size: int = 32, workers: int = 2,
              progress: bool = True, methods: Mapping | None = None) -> EvaluationResults:
@@ -200,12 +228,12 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None 
 
     ``dataset`` and ``split`` default to the training config's dataset and test split (with
     ``data.test_fraction``: the test part carved from its training file; when the run folder holds
-    ``splits.json`` the faces must be the ones listed there). Own data is read with the
-    checkpoint's layout. The output folder defaults to ``<checkpoint folder>/eval_<dataset>_<split>``.
+    ``splits.json`` the faces must be the ones listed there; a released checkpoint has none: give
+    ``dataset``). Own data is read with the checkpoint's layout. The output folder defaults to
+    ``<checkpoint folder>/eval_<dataset>_<split>``.
     """
     from facemark.data import OWN_FORMATS, load_dataset
     from facemark.data.image_check import check_dataset_images
-    from facemark.engine.checkpoint import load_model
     from facemark.engine.data import SPLITS_FILE, check_splits_file, config_splits
     from facemark.engine.distributed import resolve_device
     from facemark.models.weights import weights_file_errors
@@ -213,7 +241,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None 
     checkpoint = Path(checkpoint)
     target = resolve_device(device)
     with weights_file_errors(checkpoint, "checkpoint"):
-        loaded = load_model(checkpoint, device=target, methods=methods)
+        loaded = load_evaluation_model(checkpoint, device=target, methods=methods)
     data_config = loaded.config.get("data", {})
     own_layout = loaded.layout if str(dataset or data_config.get("dataset", "")).lower() in OWN_FORMATS else None
     if (dataset is None or dataset == data_config.get("dataset")) and split is None and data_config:
@@ -231,7 +259,8 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None 
         dataset = dataset or data_config.get("dataset")
         split = split or data_config.get("test_split", "test")
         if not dataset:
-            raise ValueError(f"checkpoint {checkpoint} records no dataset; pass dataset=")
+            raise ValueError(f"checkpoint {checkpoint} records no dataset (a released checkpoint has no training "
+                             "config); pass dataset= (command line: --dataset)")
         records = load_dataset(dataset, data_root, split, layout=own_layout)
     check_dataset_images(records)  # every unreadable image at once, before the model runs
     if records.layout.num_points != loaded.layout.num_points:

@@ -9,7 +9,8 @@ A method's three functions:
 
 * ``compute_statistics(shapes, layout, **model_options)`` -> dict of numpy arrays computed ONCE from
   the training split (never validation or test) and stored in the checkpoint: SLPT's mean face,
-  SDFL's neighbourhood (with ``graph: release`` also the graph of the release's Laplacian loss).
+  SDFL's neighbourhood (with ``graph: release`` also the graph of the release's Laplacian loss);
+  nothing for the heatmap baseline.
   ``shapes`` is a :class:`TrainingShapes`.
 * ``build_model(backbone, layout, statistics, image_size, **model_options)`` -> nn.Module. Its
   keyword-only arguments are the allowed keys of ``model.options`` in a config.
@@ -220,10 +221,40 @@ def _sdfl_loss(layout: Layout, statistics: Mapping, image_size: int, *,
     return loss
 
 
+# -- heatmap regression (the HRNet facial-landmark release) ---------------------------------------
+def _heatmap_statistics(shapes: TrainingShapes, layout: Layout) -> dict:
+    return {}  # nothing is computed from the training split
+
+
+def _heatmap_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int) -> nn.Module:
+    from facemark.models.heatmap import BACKBONES, HEATMAP_STRIDE, HeatmapRegression
+
+    _check_backbone(backbone, "heatmap", BACKBONES)
+    if image_size % (8 * HEATMAP_STRIDE):
+        # HRNet halves the stride-4 map three times; the fused branches must line up exactly.
+        raise ConfigError(f"config key 'data.crop.size': the heatmap model needs a multiple of 32, got {image_size}")
+    return HeatmapRegression(layout.num_points, backbone=backbone)
+
+
+def _heatmap_loss(layout: Layout, statistics: Mapping, image_size: int, *, sigma: float = 1.5) -> Callable:
+    from facemark.models.heatmap import heatmap_loss
+
+    # MSE between the predicted maps and Gaussian targets of sigma heatmap pixels (the release: 1.5;
+    # 1.0 in its 300W config), drawn from the (augmented) target landmarks.
+    if not (isinstance(sigma, (int, float)) and sigma > 0):
+        raise ConfigError(f"config key 'loss.options.sigma': expected a positive number, got {sigma!r}")
+
+    def loss(output, target: torch.Tensor) -> torch.Tensor:
+        return heatmap_loss(output, target, sigma=float(sigma))
+
+    return loss
+
+
 METHODS: dict[str, Method] = {
     "slpt": Method(_slpt_statistics, _slpt_model, _slpt_loss),
     "sdfl": Method(_sdfl_statistics, _sdfl_model, _sdfl_loss),
     "fc": Method(_sdfl_statistics, _fc_model, _sdfl_loss),
+    "heatmap": Method(_heatmap_statistics, _heatmap_model, _heatmap_loss),
 }
 
 

@@ -14,6 +14,9 @@ kind of crop it was trained on. ``weights`` may be:
 - a facemark checkpoint (``facemark train``'s ``.pt``: model, layout, crop convention inside);
 - an authors' released SLPT checkpoint (a plain state dict; recognised by its keys; official
   crop convention: tight landmark box x1.2, 256 x 256; layout from the number of points);
+- a released HRNet facial-landmark checkpoint (HR18-WFLW.pth, HR18-300W.pth, HR18-COFW.pth: the
+  heatmap baseline; recognised by its keys; its crop: tight landmark box x1.25, 256 x 256; layout
+  from the number of heatmaps: 98, 68 or 29);
 - an exported ``.onnx`` or TorchScript file (``facemark export``: layout and crop inside);
 - an ``nn.Module`` following the facemark model contract, with ``layout=`` and ``crop_convention=``.
 """
@@ -35,6 +38,7 @@ from facemark.data.transforms import (
     crop_matrix,
     crop_to_image,
     denormalise_landmarks,
+    hrnet_crop_convention,
     image_to_tensor,
     landmark_box,
     slpt_crop_convention,
@@ -44,6 +48,7 @@ from facemark.data.transforms import (
 from facemark.inference.detectors import DETECTOR_NAMES, IDENTITY_CALIBRATION, BoxCalibration, FaceDetector, check_boxes, make_detector
 from facemark.errors import WeightsError, WeightsNotFoundError
 from facemark.layouts import Layout, get_layout, wflw98_to_300w68
+from facemark.models.heatmap import HRNET_FLD_MARKER_KEYS
 from facemark.models.weights import read_weights_file, weights_file_errors
 
 __all__ = [
@@ -53,12 +58,16 @@ __all__ = [
     "load_weights",
     "onnx_session",
     "weights_kind",
+    "read_torch_weights",
     "OFFICIAL_SLPT_KEYS",
+    "RELEASE_LAYOUTS",
     "METADATA_KEY",
 ]
 
 # Keys every authors' SLPT state dict has (shared/facts/slpt_official_state_dict_*.txt).
 OFFICIAL_SLPT_KEYS = ("Transformer.landmark_query", "feature_extractor.weight", "backbone.conv1.weight")
+# The layout of a released checkpoint, from its number of points.
+RELEASE_LAYOUTS = {98: "wflw98", 68: "300w68", 29: "cofw29"}
 # Name of the JSON metadata inside exported files (ONNX metadata_props / TorchScript extra file).
 METADATA_KEY = "facemark"
 
@@ -140,14 +149,19 @@ def _inspect_weights(path: str | Path) -> tuple[str, dict | None]:
         # A prefixed copy (e.g. "module.") counts too: load_official_slpt then says what is wrong.
         if all(any(key.endswith(marker) for key in keys) for marker in OFFICIAL_SLPT_KEYS):
             return "official_slpt", state
+        # The full HRNetV2-W18 with its heatmap head, with no other module around it ("module." allowed).
+        if all(any(key in (marker, "module." + marker) for key in keys) for marker in HRNET_FLD_MARKER_KEYS):
+            return "hrnet_fld", state
     return "facemark", None
 
 
 def weights_kind(path: str | Path) -> str:
-    """What a weights file is: ``"onnx"``, ``"torchscript"``, ``"official_slpt"`` or ``"facemark"``.
+    """What a weights file is: ``"onnx"``, ``"torchscript"``, ``"official_slpt"``, ``"hrnet_fld"``
+    or ``"facemark"``.
 
     Recognised by content: ONNX by its extension, TorchScript by the ``code/`` folder inside its
-    zip archive, an authors' SLPT checkpoint by its state-dict keys (:data:`OFFICIAL_SLPT_KEYS`);
+    zip archive, an authors' SLPT checkpoint by its state-dict keys (:data:`OFFICIAL_SLPT_KEYS`), a
+    released HRNet facial-landmark checkpoint by its keys (``HRNET_FLD_MARKER_KEYS``);
     anything else is read as a facemark checkpoint (whose loader checks its format tag).
     """
     return _inspect_weights(path)[0]
@@ -177,24 +191,41 @@ def _load_torch_weights(weights, device: str, layout, crop_convention) -> ModelB
         return _torch_bundle(weights, get_layout(layout), crop_convention, type(weights).__name__, device)
     path = Path(weights)
     with weights_file_errors(path):  # what reading the file raises, not what moving it to device does
-        model, file_layout, file_crop, description = _read_torch_file(path, layout, crop_convention)
+        model, file_layout, file_crop, description = read_torch_weights(path, layout, crop_convention)
     return _torch_bundle(model, file_layout, file_crop, description, device)
 
 
-def _read_torch_file(path: Path, layout, crop_convention) -> tuple[nn.Module, Layout, CropConvention, str]:
-    """The model (on the CPU), layout, crop convention and description of a torch weights file."""
+def _release_layout(path: Path, what: str, num_points: int, layout) -> Layout:
+    """The layout given, else the one of a released checkpoint with ``num_points`` points."""
+    if layout is not None:
+        return get_layout(layout)
+    if num_points not in RELEASE_LAYOUTS:
+        raise ValueError(f"{path}: {what} with {num_points} points; give layout= (the released ones have "
+                         f"{sorted(RELEASE_LAYOUTS, reverse=True)})")
+    return get_layout(RELEASE_LAYOUTS[num_points])
+
+
+def read_torch_weights(path: str | Path, layout=None, crop_convention: CropConvention | None = None
+                       ) -> tuple[nn.Module, Layout, CropConvention, str]:
+    """The model (on the CPU, eval mode), layout, crop convention and description of a torch
+    weights file: a facemark checkpoint or a released SLPT / HRNet facial-landmark checkpoint."""
+    path = Path(path)
     kind, state = _inspect_weights(path)
     if kind == "official_slpt":
         from facemark.models.official_slpt import load_official_slpt
 
         model = load_official_slpt(path)
-        query = next(value for key, value in state.items() if key.endswith("Transformer.landmark_query"))
-        num_points = int(query.shape[1])  # landmark_query is (1, N, 256)
-        official_layouts = {98: "wflw98", 68: "300w68"}
-        if num_points not in official_layouts and layout is None:
-            raise ValueError(f"{path}: an authors' SLPT checkpoint with {num_points} points; give layout= (the released ones have 98 or 68)")
-        chosen = get_layout(layout) if layout is not None else get_layout(official_layouts[num_points])
-        return model, chosen, crop_convention or slpt_crop_convention(), f"authors' SLPT ({path.name})"
+        layout = _release_layout(path, "an authors' SLPT checkpoint", model.config.num_points, layout)
+        return model, layout, crop_convention or slpt_crop_convention(), f"authors' SLPT ({path.name})"
+    if kind == "hrnet_fld":
+        from facemark.models.heatmap import load_hrnet_fld
+
+        model = load_hrnet_fld(path)
+        layout = _release_layout(path, "an HRNet facial-landmark checkpoint", model.num_points, layout)
+        # The release crops centre and scale of the tight ground-truth landmark box, x1.25, to
+        # 256 x 256 (docs/baselines.md, "Crop of the released checkpoints").
+        crop = crop_convention or hrnet_crop_convention(box_source="landmarks")
+        return model, layout, crop, f"HRNet facial-landmark release, heatmap ({path.name})"
     if kind == "facemark":
         from facemark.engine.checkpoint import load_model
 
