@@ -1,0 +1,67 @@
+"""Device selection on GPUs (facemark.engine.distributed), checked with torch.cuda mocked: which
+GPU each torchrun process takes, set_device, and device_id given to init_process_group."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facemark.engine import distributed
+from facemark.engine.distributed import init_distributed, resolve_device
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """A machine with ``gpus.count`` visible GPUs; ``gpus.current`` records set_device."""
+    class FakeCuda:
+        count = 4
+        current = []
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: FakeCuda.count)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: FakeCuda.current.append(torch.device(device)))
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    return FakeCuda
+
+
+def test_each_torchrun_process_takes_its_local_rank_gpu(gpus):
+    assert resolve_device("auto", local_rank=3, world_size=4) == torch.device("cuda", 3)
+    assert resolve_device("cuda", local_rank=2, world_size=4) == torch.device("cuda", 2)
+
+
+def test_one_visible_gpu_per_process_is_gpu_0_whatever_the_local_rank(gpus):
+    gpus.count = 1
+    assert resolve_device("cuda", local_rank=5, world_size=8) == torch.device("cuda", 0)
+
+
+def test_a_local_rank_beyond_the_visible_gpus_is_an_error(gpus):
+    gpus.count = 2
+    with pytest.raises(RuntimeError, match="LOCAL_RANK=3 but this process sees 2 GPUs"):
+        resolve_device("auto", local_rank=3, world_size=4)
+
+
+def test_an_explicit_index_is_kept_alone_and_refused_under_torchrun(gpus):
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(RuntimeError, match="every process on GPU 0"):
+        resolve_device("cuda:0", local_rank=1, world_size=2)
+    with pytest.raises(RuntimeError, match="sees 4 GPU"):
+        resolve_device("cuda:7")
+
+
+def test_a_single_process_on_cuda_1_sets_its_device(gpus):
+    context = init_distributed("cuda:1")
+    assert context.device == torch.device("cuda", 1) and not context.distributed
+    assert gpus.current == [torch.device("cuda", 1)]
+
+
+def test_torchrun_process_joins_nccl_with_its_device_id(gpus, monkeypatch):
+    joined = {}
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **options: joined.update(options))
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "6")  # second machine
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    context = init_distributed("auto")
+    assert context.device == torch.device("cuda", 2) and context.rank == 6 and context.local_rank == 2
+    assert gpus.current == [torch.device("cuda", 2)]
+    assert joined["backend"] == "nccl" and joined["device_id"] == torch.device("cuda", 2)
