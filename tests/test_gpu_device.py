@@ -65,3 +65,50 @@ def test_torchrun_process_joins_nccl_with_its_device_id(gpus, monkeypatch):
     assert context.device == torch.device("cuda", 2) and context.rank == 6 and context.local_rank == 2
     assert gpus.current == [torch.device("cuda", 2)]
     assert joined["backend"] == "nccl" and joined["device_id"] == torch.device("cuda", 2)
+
+
+# -- exports and the caller's model ----------------------------------------------------------------
+from facemark.data.transforms import CropConvention  # noqa: E402
+from facemark.models.slpt import SLPT, SLPTConfig, build_slpt, load_official_mean_face  # noqa: E402
+
+CROP = CropConvention("landmarks", 1.2, 64)
+TINY = SLPTConfig(num_points=98, num_layers=1, embed_dim=32, num_heads=2, feedforward_dim=64, patch_samples=3,
+                  backbone="mobilenet_v2_050", num_stages=2)
+
+
+class WatchedSLPT(SLPT):
+    """An SLPT that records whether it was moved (``.to``, ``.cpu``, ``.cuda`` all go through _apply)."""
+
+    def _apply(self, fn, recurse=True):
+        self.moved = True
+        return super()._apply(fn, recurse)
+
+
+def _watched_slpt() -> WatchedSLPT:
+    torch.manual_seed(0)
+    model = build_slpt(TINY, mean_face=load_official_mean_face(98))
+    watched = WatchedSLPT.__new__(WatchedSLPT)
+    watched.__dict__ = model.__dict__
+    watched.moved = False
+    return watched.train()
+
+
+def test_torchscript_traced_on_the_cpu_holds_no_device_constant(tmp_path):
+    from facemark.inference.export import export_model
+
+    export_model(_watched_slpt(), tmp_path / "m.ts", "torchscript", layout="wflw98", crop_convention=CROP)
+    loaded = torch.jit.load(str(tmp_path / "m.ts"))
+    constants = [line.strip() for line in str(loaded.inlined_graph).splitlines() if "Device = prim::Constant" in line]
+    assert constants == []  # a "cpu" constant here makes Predictor("m.ts", device="cuda") fail on its first image
+
+
+def test_export_bench_and_onnx_predictor_leave_the_callers_model_alone(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from facemark.inference.export import export_model
+    from facemark.inference.predictor import Predictor
+
+    model = _watched_slpt()
+    export_model(model, tmp_path / "m.onnx", "onnx", layout="wflw98", crop_convention=CROP)
+    export_model(model, tmp_path / "m.ts", "torchscript", layout="wflw98", crop_convention=CROP)
+    Predictor(model, backend="onnx", layout="wflw98", crop_convention=CROP, detector=None)
+    assert not model.moved and model.training  # not moved to the CPU, not switched to eval mode

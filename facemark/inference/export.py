@@ -183,6 +183,8 @@ def export_model(
         from facemark.inference.quantize import check_calibration_options
 
         check_calibration_options(calibration or {})  # before the (slow) loading of the weights
+    if isinstance(weights, nn.Module):
+        weights = _cpu_copy(weights)  # loading puts the model on the CPU in eval mode: not the caller's
     bundle = load_weights(weights, "cpu", "torch", layout, crop_convention)
     if bundle.model is None:
         raise ValueError(f"export: {weights} is already an exported file; export from a checkpoint")
