@@ -112,3 +112,73 @@ def test_export_bench_and_onnx_predictor_leave_the_callers_model_alone(tmp_path)
     export_model(model, tmp_path / "m.ts", "torchscript", layout="wflw98", crop_convention=CROP)
     Predictor(model, backend="onnx", layout="wflw98", crop_convention=CROP, detector=None)
     assert not model.moved and model.training  # not moved to the CPU, not switched to eval mode
+
+
+# -- the training engine on CUDA: AMP, divergence with fewer synchronisations, kernel switches ------
+from types import SimpleNamespace  # noqa: E402
+
+from facemark.engine import train as train_module  # noqa: E402
+from facemark.engine.config import ConfigError, config_from_dict  # noqa: E402
+
+
+def test_runtime_amp_takes_bf16_fp16_and_the_old_booleans():
+    for value in (True, False, "fp16", "bf16"):
+        assert config_from_dict({"runtime": {"amp": value}}).runtime.amp == value
+    with pytest.raises(ConfigError, match="runtime.amp"):
+        config_from_dict({"runtime": {"amp": "fp8"}})
+
+
+class _Scaler:
+    def __init__(self, enabled: bool, scale: float):
+        self.enabled, self.scale = enabled, scale
+
+    def is_enabled(self):
+        return self.enabled
+
+    def get_scale(self):
+        return self.scale
+
+
+def _fake_run(scaler):
+    return SimpleNamespace(scaler=scaler, context=distributed.DistributedContext(), logger=SimpleNamespace(error=lambda *a: None),
+                           recipe=SimpleNamespace(last_path=__import__("pathlib").Path("/nonexistent/last.pt")))
+
+
+def test_a_skipped_fp16_overflow_step_does_not_stop_training():
+    bad = torch.tensor(3)
+    train_module._check_finite(_fake_run(_Scaler(True, 32768.0)), bad, 0, 10, 0)  # the scaler skipped it: go on
+    with pytest.raises(train_module.TrainingDiverged, match="epoch 1, step 4 of 10"):
+        train_module._check_finite(_fake_run(_Scaler(True, 0.5)), bad, 0, 10, 0)  # non-finite at any scale
+    with pytest.raises(train_module.TrainingDiverged):
+        train_module._check_finite(_fake_run(_Scaler(False, 1.0)), bad, 0, 10, 0)  # fp32 / bf16: divergence
+    train_module._check_finite(_fake_run(_Scaler(False, 1.0)), torch.tensor(-1), 0, 10, 0)
+
+
+def test_nan_loss_is_caught_between_log_intervals(tmp_path):
+    """The loss is read at log intervals only; a NaN in between still stops the run at the end of
+    its epoch, naming its step, before the checkpoint (last.pt stays the previous epoch's)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from engine_fixtures import TINY_METHODS, make_wflw_fixture, tiny_config
+
+    from facemark.engine.checkpoint import load_checkpoint
+
+    root = make_wflw_fixture(tmp_path / "data")
+    config = tiny_config(root, tmp_path / "run", "optim.epochs=3", "loss.options.nan_after_steps=3", "runtime.log_interval=100")
+    with pytest.raises(train_module.TrainingDiverged) as error:
+        train_module.train(config, methods=TINY_METHODS)
+    assert "epoch 2, step 2 of 2" in str(error.value)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+def test_tf32_is_switched_on_for_cuda_runs():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        config = config_from_dict({"runtime": {"deterministic": False}})
+        train_module._set_kernel_switches(config, SimpleNamespace(device=torch.device("cuda", 0)))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
