@@ -182,3 +182,32 @@ def test_tf32_is_switched_on_for_cuda_runs():
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+def test_sdfl_loss_builds_its_laplacian_once_and_computes_in_float32(monkeypatch):
+    import numpy as np
+
+    from facemark.engine.methods import METHODS, TrainingShapes, compute_method_statistics
+    from facemark.layouts import get_layout
+    from facemark.models import losses
+    from facemark.models.sdfl import SDFLOutput
+
+    layout = get_layout("300w68")
+    faces = np.random.default_rng(0).random((5, 68, 2))
+    shapes = TrainingShapes(original=faces, crop=faces)
+    statistics = compute_method_statistics(METHODS["sdfl"], shapes, layout, {})
+    built = []
+    original = losses.uniform_laplacian
+    monkeypatch.setattr(losses, "uniform_laplacian", lambda *a, **k: built.append(1) or original(*a, **k))
+    loss = METHODS["sdfl"].build_loss(layout, statistics, 256, relative_weight=1.0)
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 68, 2, generator=generator, dtype=torch.float64).float()
+    prediction = torch.rand(2, 68, 2, generator=generator)
+    values = [loss(SDFLOutput(prediction), target) for _ in range(3)]
+    assert len(built) == 1 and values[0] == values[2]
+    # A float16 prediction (autocast) is compared with the float32 target in float32: the same
+    # loss as with the float16 values widened by hand, not one computed on a rounded target.
+    half = prediction.half()
+    from_half = loss(SDFLOutput(half), target)
+    assert from_half.dtype == torch.float32
+    torch.testing.assert_close(from_half, loss(SDFLOutput(half.float()), target))

@@ -603,7 +603,9 @@ def build_slpt(config: SLPTConfig | None = None, mean_face: torch.Tensor | np.nd
 def _inter_ocular_distance(target: torch.Tensor, inter_ocular) -> torch.Tensor:
     first, second = getattr(inter_ocular, "inter_ocular", inter_ocular)  # a Layout or two indices
     distance = (target[:, first] - target[:, second]).norm(dim=-1)
-    if not torch.all(distance > 0):
+    # Checked where it is free (CPU). On a GPU the check would wait for the device every step;
+    # a zero distance there makes the loss infinite, which stops training with the step named.
+    if distance.device.type == "cpu" and not torch.all(distance > 0):
         bad = torch.nonzero(distance <= 0).flatten().tolist()
         raise ValueError(f"ground-truth inter-ocular distance (points {first}, {second}) is 0 for samples {bad}")
     return distance
