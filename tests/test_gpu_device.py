@@ -211,3 +211,30 @@ def test_sdfl_loss_builds_its_laplacian_once_and_computes_in_float32(monkeypatch
     from_half = loss(SDFLOutput(half), target)
     assert from_half.dtype == torch.float32
     torch.testing.assert_close(from_half, loss(SDFLOutput(half.float()), target))
+
+
+def test_slpt_keeps_landmark_coordinates_in_float32_under_autocast():
+    # bfloat16 autocast on the CPU stands in for CUDA's fp16 / bf16: the network's matrix products
+    # run in low precision, the coordinates (mean face, patch boxes, eq. 7) stay float32.
+    torch.manual_seed(0)
+    model = build_slpt(TINY, mean_face=load_official_mean_face(98)).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(torch.randn(2, 3, 64, 64))
+    assert all(stage.dtype == torch.float32 for stage in output.stages)
+
+
+def test_small_per_process_batch_without_sync_bn_is_warned_about(caplog):
+    import logging
+
+    logger = logging.getLogger("facemark.test_small_batch")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    eight_gpus = distributed.DistributedContext(0, 0, 8, torch.device("cpu"))
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        train_module._warn_small_batch_norm_batch(config_from_dict({"optim": {"batch_size": 32}}), eight_gpus, model, logger)
+        assert "gives each 4 images" in caplog.text and "runtime.sync_bn=true" in caplog.text
+        caplog.clear()
+        for quiet in ({"optim": {"batch_size": 64}}, {"optim": {"batch_size": 32}, "runtime": {"sync_bn": True}}):
+            train_module._warn_small_batch_norm_batch(config_from_dict(quiet), eight_gpus, model, logger)
+        train_module._warn_small_batch_norm_batch(config_from_dict({"optim": {"batch_size": 32}}), eight_gpus,
+                                                  torch.nn.Linear(2, 2), logger)  # no BatchNorm
+        assert caplog.text == ""

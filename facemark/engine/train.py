@@ -522,10 +522,7 @@ def _build_loader(run: _Run) -> None:
     if len(run.sampler) < batch_size:
         raise ConfigError(f"the training split gives {len(run.sampler)} faces per process, fewer than one batch of "
                           f"{batch_size}: lower optim.batch_size")
-    if context.distributed and batch_size < SMALL_BATCH_NORM_BATCH and not config.runtime.sync_bn and _has_batch_norm(run.model):
-        run.logger.warning("optim.batch_size %d over %d processes gives each %d images: BatchNorm statistics from so few "
-                           "images are noisy; set runtime.sync_bn=true (statistics over the global batch) or a larger "
-                           "optim.batch_size", config.optim.batch_size, context.world_size, batch_size)
+    _warn_small_batch_norm_batch(config, context, run.model, run.logger)
     # 4 batches ready per worker (default 2). Workers are NOT persistent: each epoch's workers get
     # a copy of the dataset after its set_epoch(), which is how an epoch's augmentations are drawn;
     # persistent workers would keep the first epoch's.
@@ -542,8 +539,14 @@ def _build_loader(run: _Run) -> None:
 SMALL_BATCH_NORM_BATCH = 8
 
 
-def _has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+def _warn_small_batch_norm_batch(config: TrainConfig, context, model: nn.Module, logger: logging.Logger) -> None:
+    """Warn when DDP gives each process so few images that its BatchNorm statistics are noisy."""
+    per_process = config.optim.batch_size // context.world_size
+    has_batch_norm = any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+    if context.distributed and per_process < SMALL_BATCH_NORM_BATCH and not config.runtime.sync_bn and has_batch_norm:
+        logger.warning("optim.batch_size %d over %d processes gives each %d images: BatchNorm statistics from so few "
+                       "images are noisy; set runtime.sync_bn=true (statistics over the global batch, CUDA) or a larger "
+                       "optim.batch_size", config.optim.batch_size, context.world_size, per_process)
 
 
 def _build_schedule(run: _Run, state: dict | None) -> None:

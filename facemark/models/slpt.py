@@ -574,7 +574,9 @@ class SLPT(nn.Module):
         feature_map = self.backbone(images)
         # grid_sample reads channels-last maps ~2x faster on CPU; the values are identical.
         feature_map = feature_map.contiguous(memory_format=torch.channels_last)
-        landmarks = self.mean_face.to(feature_map.dtype).expand(images.shape[0], -1, -1)
+        # The coordinates stay in the model's own dtype (float32) under autocast: a float16 coordinate
+        # at 256 px has 0.125 px steps. Only the sampling grid follows the feature map's dtype.
+        landmarks = self.mean_face.expand(images.shape[0], -1, -1)
         stages = []
         for half_size in self.stage_half_sizes():
             stage = self.refine(feature_map, landmarks, half_size)
