@@ -572,7 +572,8 @@ def _train_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int) -> dic
     # recorded on the device too, so that divergence is reported where it happened.
     loss_sum = torch.zeros((), dtype=torch.float64, device=context.device)
     first_bad_step = torch.full((), -1, dtype=torch.int64, device=context.device)
-    loss_count, images_seen, shown_loss = 0, 0, float("nan")
+    finite_steps = torch.zeros((), dtype=torch.int64, device=context.device)  # fp16 skips excluded from the mean
+    loss_count, images_seen, shown_loss = 0, 0, "-"
     lr = run.optimizer.param_groups[0]["lr"]
     bar = tqdm(run.loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                disable=not (runtime.progress and context.is_main), dynamic_ncols=True, leave=False)
@@ -600,6 +601,7 @@ def _train_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int) -> dic
             run.scheduler.step()
         progress.global_step += 1
         loss_sum += torch.where(finite, loss_detached, torch.zeros_like(loss_detached))
+        finite_steps += finite
         loss_count += 1
         images_seen += images.shape[0] * context.world_size
         elapsed = time.perf_counter() - epoch_start
@@ -608,13 +610,13 @@ def _train_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int) -> dic
         if progress.global_step % runtime.log_interval == 0:
             _check_finite(run, first_bad_step, epoch, steps_per_epoch, progress.global_step - step - 1)
             loss_value = float(loss_detached)
-            shown_loss = float(loss_sum) / loss_count
+            shown_loss = f"{float(loss_sum) / max(int(finite_steps), 1):.4f}"
             run.logger.debug("epoch %d step %d/%d loss %.6f lr %.3e %.1f img/s", epoch + 1, step + 1,
                              steps_per_epoch, loss_value, lr, rate)
             if run.writer is not None:
                 run.writer.add_scalar("train/loss", loss_value, progress.global_step)
                 run.writer.add_scalar("train/lr", lr, progress.global_step)
-        bar.set_postfix(loss=f"{shown_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}",
+        bar.set_postfix(loss=shown_loss, lr=f"{lr:.2e}", img_s=f"{rate:.1f}",
                         eta=_format_seconds(remaining_steps * elapsed / (step + 1)), refresh=False)
     bar.close()
     # Before validation and the checkpoint: a run whose loss went non-finite stops here, and
@@ -622,7 +624,7 @@ def _train_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int) -> dic
     _check_finite(run, first_bad_step, epoch, steps_per_epoch, progress.global_step - loss_count)
     if not step_per_batch:
         run.scheduler.step()
-    return {"train_loss": float(loss_sum) / max(loss_count, 1), "lr": lr, "images": images_seen,
+    return {"train_loss": float(loss_sum) / max(int(finite_steps), 1), "lr": lr, "images": images_seen,
             "seconds": time.perf_counter() - epoch_start}
 
 
