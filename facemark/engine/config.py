@@ -156,12 +156,18 @@ class RuntimeConfig:
     """Where and how the run executes."""
 
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision; used on CUDA only
+    # Mixed precision on CUDA (ignored on CPU): true or "fp16" (float16 with loss scaling), "bf16"
+    # (bfloat16, no scaling; Ampere and later), false. The loss is computed in float32.
+    amp: bool | Literal["fp16", "bf16"] = True
     # Train on channels-last (NHWC) weights and images: a speed setting, the same model. On CPU a
     # MobileNetV2 SLPT step is ~1.2x faster (docs/training.md); results differ by float rounding.
     channels_last: bool = False
     seed: int = 0
-    deterministic: bool = False  # deterministic kernels (needed for bit-exact --resume on GPU)
+    # Deterministic kernels. Resume is bit-exact on the CPU with or without it. On CUDA it asks
+    # torch for deterministic kernels (and turns cuDNN benchmarking off), but kernels that have no
+    # deterministic version (e.g. grid_sample's and bilinear interpolation's backward) still run,
+    # with a warning: a GPU resume is then close to, not bit-identical with, an uninterrupted run.
+    deterministic: bool = False
     output_dir: str = "runs/default"
     log_interval: int = 50  # optimisation steps between log lines / TensorBoard points
     eval_interval: int = 1  # epochs between validations

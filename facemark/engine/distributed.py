@@ -41,16 +41,32 @@ class DistributedContext:
         return self.rank == 0
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU; checks explicit names."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"runtime.device={name!r} but CUDA is not available (use runtime.device=cpu or auto)")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
+def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The device of this process for ``runtime.device`` ``name``.
+
+    ``"auto"`` is CUDA when available, else the CPU. A CUDA device without an index is GPU
+    ``local_rank`` (torchrun's one process per GPU), or GPU 0 when the process sees one GPU only
+    (launchers that give each process its own ``CUDA_VISIBLE_DEVICES``). An explicit index
+    (``"cuda:1"``) is taken as is by a single process; under torchrun every process would pick the
+    same GPU, so it is refused unless it is the one this process would pick anyway.
+    """
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"runtime.device={name!r} but CUDA is not available (use runtime.device=cpu or auto)")
+    visible = torch.cuda.device_count()
+    own_index = 0 if visible == 1 else local_rank
+    if own_index >= visible:
+        raise RuntimeError(f"LOCAL_RANK={local_rank} but this process sees {visible} GPUs (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); start at most {visible} processes per machine")
+    if device.index is None:
+        return torch.device("cuda", own_index)
+    if device.index >= visible:
+        raise RuntimeError(f"runtime.device={name!r} but this process sees {visible} GPU(s) (cuda:0..cuda:{visible - 1})")
+    if world_size > 1 and device.index != own_index:
+        raise RuntimeError(f"runtime.device={name!r} under torchrun would put every process on GPU {device.index}; "
+                           f"use runtime.device=cuda (or auto): each process then takes cuda:LOCAL_RANK")
     return device
 
 
@@ -72,11 +88,13 @@ def init_distributed(device_name: str = "auto", timeout_minutes: float = 30.0) -
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    device = resolve_device(device_name, local_rank)
+    device = resolve_device(device_name, local_rank, world_size)
+    if device.type == "cuda":
+        # The current device is where kernels without an explicit device, NCCL and cuDNN's
+        # handles go: set it in a single process on cuda:1 too.
+        torch.cuda.set_device(device)
     if world_size <= 1:
         return DistributedContext(0, 0, 1, device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
@@ -84,6 +102,8 @@ def init_distributed(device_name: str = "auto", timeout_minutes: float = 30.0) -
             world_size=world_size,
             rank=rank,
             timeout=datetime.timedelta(minutes=timeout_minutes),
+            # NCCL binds the group to this GPU at once (no guessing from the rank; eager init).
+            device_id=device if device.type == "cuda" else None,
         )
     return DistributedContext(rank, local_rank, world_size, device)
 

@@ -212,11 +212,21 @@ def _sdfl_loss(layout: Layout, statistics: Mapping, image_size: int, *,
         laplacian = losses.uniform_laplacian(torch.as_tensor(np.asarray(statistics["laplacian_graph"])),
                                              allow_isolated=True)
 
+    elif relative_weight:
+        laplacian = losses.uniform_laplacian(neighbourhood)
+    # The Laplacian is built once and copied to each device once, not rebuilt from host data at
+    # every step.
+    on_device: dict[torch.device, torch.Tensor] = {}
+
     # Eq. 10: Soft Wing on absolute positions + relative_weight x Soft Wing on the Laplacian
     # coordinates (eq. 6-7), in crop pixels.
     def loss(output, target: torch.Tensor) -> torch.Tensor:
+        device = output.landmarks.device
+        if laplacian is not None and device not in on_device:
+            on_device[device] = laplacian.to(device)
         return sdfl_loss(output, target, crop_size=image_size, neighbourhood=neighbourhood,
-                         point_loss=point_losses[point_loss], relative_weight=relative_weight, laplacian=laplacian)
+                         point_loss=point_losses[point_loss], relative_weight=relative_weight,
+                         laplacian=on_device.get(device))
 
     return loss
 

@@ -328,6 +328,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     use_amp: bool
+    amp_dtype: torch.dtype = torch.float16
     scheduler: object = None
     train_data: CropDataset | None = None
     sampler: object = None
@@ -376,6 +377,11 @@ def _start_processes(config: TrainConfig, output_dir: Path):
 
 
 def _set_kernel_switches(config: TrainConfig, context) -> None:
+    if context.device.type == "cuda":
+        # TF32 matmuls and convolutions on Ampere and later: float32 range, 10-bit mantissa,
+        # several times faster; landmark regression does not need more (the AMP paths use less).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if config.runtime.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -495,11 +501,14 @@ def _build_model(config: TrainConfig, recipe: _Recipe, data: _Data, spec: dict, 
 
 def _build_optimisation(config: TrainConfig, model: nn.Module, context, logger: logging.Logger):
     optimizer = build_optimizer(model.parameters(), config)
-    use_amp = config.runtime.amp and context.device.type == "cuda"
-    if config.runtime.amp and not use_amp:
+    amp = config.runtime.amp
+    use_amp = bool(amp) and context.device.type == "cuda"
+    if amp and not use_amp:
         logger.info("runtime.amp: mixed precision is used on CUDA only; training in float32 on %s", context.device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    return optimizer, scaler, use_amp
+    amp_dtype = torch.bfloat16 if amp == "bf16" else torch.float16  # true = fp16, as before bf16 was offered
+    # bf16 has float32's exponent range: no loss scaling.
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype is torch.float16)
+    return optimizer, scaler, use_amp, amp_dtype
 
 
 def _restore(run: _Run, state: dict | None) -> _Progress:
@@ -549,11 +558,31 @@ def _build_loader(run: _Run) -> None:
     if len(run.sampler) < batch_size:
         raise ConfigError(f"the training split gives {len(run.sampler)} faces per process, fewer than one batch of "
                           f"{batch_size}: lower optim.batch_size")
+    _warn_small_batch_norm_batch(config, context, run.model, run.logger)
+    # 4 batches ready per worker (default 2). Workers are NOT persistent: each epoch's workers get
+    # a copy of the dataset after its set_epoch(), which is how an epoch's augmentations are drawn;
+    # persistent workers would keep the first epoch's.
+    workers = {"prefetch_factor": 4} if data.workers > 0 else {}
     run.loader = torch.utils.data.DataLoader(
         run.train_data, batch_size=batch_size, sampler=run.sampler, num_workers=data.workers, drop_last=True,
         worker_init_fn=worker_init, pin_memory=context.device.type == "cuda",
         generator=torch.Generator().manual_seed(config.runtime.seed),  # loaders never draw from the global RNG
+        **workers,
     )
+
+
+# Below this many images per process, BatchNorm statistics are noisy (DDP without SyncBN).
+SMALL_BATCH_NORM_BATCH = 8
+
+
+def _warn_small_batch_norm_batch(config: TrainConfig, context, model: nn.Module, logger: logging.Logger) -> None:
+    """Warn when DDP gives each process so few images that its BatchNorm statistics are noisy."""
+    per_process = config.optim.batch_size // context.world_size
+    has_batch_norm = any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+    if context.distributed and per_process < SMALL_BATCH_NORM_BATCH and not config.runtime.sync_bn and has_batch_norm:
+        logger.warning("optim.batch_size %d over %d processes gives each %d images: BatchNorm statistics from so few "
+                       "images are noisy; set runtime.sync_bn=true (statistics over the global batch, CUDA) or a larger "
+                       "optim.batch_size", config.optim.batch_size, context.world_size, per_process)
 
 
 def _build_schedule(run: _Run, state: dict | None) -> None:
@@ -574,20 +603,29 @@ def _train_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int) -> dic
     run.train_data.set_epoch(epoch)
     run.train_model.train()
     epoch_start = time.perf_counter()
-    loss_sum, loss_count, images_seen = 0.0, 0, 0
+    # The loss stays on the device: reading it (a host-device synchronisation) happens at log
+    # intervals and at the end of the epoch only. The first step whose loss is not finite is
+    # recorded on the device too, so that divergence is reported where it happened.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=context.device)
+    first_bad_step = torch.full((), -1, dtype=torch.int64, device=context.device)
+    finite_steps = torch.zeros((), dtype=torch.int64, device=context.device)  # fp16 skips excluded from the mean
+    loss_count, images_seen, shown_loss = 0, 0, "-"
     lr = run.optimizer.param_groups[0]["lr"]
     bar = tqdm(run.loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                disable=not (runtime.progress and context.is_main), dynamic_ncols=True, leave=False)
     for step, batch in enumerate(bar):
         images = batch["image"].to(context.device, non_blocking=True, memory_format=image_format)
         targets = batch["target"].to(context.device, non_blocking=True)
-        with torch.autocast(device_type=context.device.type, dtype=torch.float16, enabled=run.use_amp):
+        with torch.autocast(device_type=context.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
             output = run.train_model(images)
-            loss = run.loss_function(output, targets)
-        loss_value = float(loss.detach())
-        if broadcast_flag(not math.isfinite(loss_value), context):
-            _stop_diverged(run, loss_value, epoch, step, steps_per_epoch, progress.global_step)
+        # The loss outside autocast: coordinates and targets are compared in float32.
+        loss = run.loss_function(output, targets)
+        loss_detached = loss.detach().double()
+        finite = torch.isfinite(loss_detached)
+        first_bad_step = torch.where((first_bad_step < 0) & ~finite, torch.full_like(first_bad_step, step), first_bad_step)
         run.optimizer.zero_grad(set_to_none=True)
+        # fp16: a step whose scaled gradients overflow is skipped by the scaler (which lowers its
+        # scale); that is not divergence, so such steps are not counted as bad (see _check_finite).
         run.scaler.scale(loss).backward()
         if config.optim.grad_clip_norm is not None:
             run.scaler.unscale_(run.optimizer)
@@ -598,28 +636,48 @@ def _train_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int) -> dic
         if step_per_batch:
             run.scheduler.step()
         progress.global_step += 1
-        loss_sum += loss_value
+        loss_sum += torch.where(finite, loss_detached, torch.zeros_like(loss_detached))
+        finite_steps += finite
         loss_count += 1
         images_seen += images.shape[0] * context.world_size
         elapsed = time.perf_counter() - epoch_start
         rate = images_seen / max(elapsed, 1e-9)
         remaining_steps = (steps_per_epoch - step - 1) + (epochs - epoch - 1) * steps_per_epoch
-        bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}",
-                        eta=_format_seconds(remaining_steps * elapsed / (step + 1)), refresh=False)
         if progress.global_step % runtime.log_interval == 0:
+            _check_finite(run, first_bad_step, epoch, steps_per_epoch, progress.global_step - step - 1)
+            loss_value = float(loss_detached)
+            shown_loss = f"{float(loss_sum) / max(int(finite_steps), 1):.4f}"
             run.logger.debug("epoch %d step %d/%d loss %.6f lr %.3e %.1f img/s", epoch + 1, step + 1,
                              steps_per_epoch, loss_value, lr, rate)
             if run.writer is not None:
                 run.writer.add_scalar("train/loss", loss_value, progress.global_step)
                 run.writer.add_scalar("train/lr", lr, progress.global_step)
+        bar.set_postfix(loss=shown_loss, lr=f"{lr:.2e}", img_s=f"{rate:.1f}",
+                        eta=_format_seconds(remaining_steps * elapsed / (step + 1)), refresh=False)
     bar.close()
+    # Before validation and the checkpoint: a run whose loss went non-finite stops here, and
+    # last.pt stays the previous epoch's.
+    _check_finite(run, first_bad_step, epoch, steps_per_epoch, progress.global_step - loss_count)
     if not step_per_batch:
         run.scheduler.step()
-    return {"train_loss": loss_sum / max(loss_count, 1), "lr": lr, "images": images_seen,
+    return {"train_loss": float(loss_sum) / max(int(finite_steps), 1), "lr": lr, "images": images_seen,
             "seconds": time.perf_counter() - epoch_start}
 
 
-def _stop_diverged(run: _Run, loss_value: float, epoch: int, step: int, steps_per_epoch: int, global_step: int):
+def _check_finite(run: _Run, first_bad_step: torch.Tensor, epoch: int, steps_per_epoch: int, epoch_start_step: int) -> None:
+    """Stop (every rank) when any rank's loss was not finite at some step of this epoch so far.
+
+    With fp16 mixed precision the scaler skips steps whose gradients overflow and halves its
+    scale; an overflow of the loss itself is skipped the same way. The run stops only when the
+    scale has fallen below 1, i.e. the loss stays non-finite however small the scale is."""
+    bad_step = int(first_bad_step)  # one host-device synchronisation
+    if run.scaler.is_enabled() and bad_step >= 0 and run.scaler.get_scale() >= 1.0:
+        bad_step = -1
+    if broadcast_flag(bad_step >= 0, run.context):
+        _stop_diverged(run, "not finite (nan or inf)", epoch, max(bad_step, 0), steps_per_epoch, epoch_start_step + max(bad_step, 0))
+
+
+def _stop_diverged(run: _Run, loss_value: float | str, epoch: int, step: int, steps_per_epoch: int, global_step: int):
     where = f"epoch {epoch + 1}, step {step + 1} of {steps_per_epoch} (global step {global_step + 1})"
     last_path = run.recipe.last_path
     kept = f"{last_path} (after epoch {epoch})" if last_path.is_file() else "none (no epoch finished)"
@@ -685,7 +743,7 @@ def _end_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int, trained:
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict() if run.use_amp else None,
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
         "rng": rng_states,
         "epoch": epoch + 1,
         "global_step": progress.global_step,
@@ -815,9 +873,9 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
                                                          logger)
         # Different dropout masks on each rank (the weights are kept equal by DDP).
         torch.manual_seed(config.runtime.seed + context.rank)
-        optimizer, scaler, use_amp = _build_optimisation(config, model, context, logger)
+        optimizer, scaler, use_amp, amp_dtype = _build_optimisation(config, model, context, logger)
         run = _Run(config, recipe, data, context, logger, spec, model, methods, train_model, loss_function, optimizer,
-                   scaler, use_amp)
+                   scaler, use_amp, amp_dtype)
         if state is not None:
             run.resumed_from = resumed_from
         progress = _restore(run, state)

@@ -24,6 +24,7 @@ ONNX uses the TorchScript-based exporter (``dynamo=False``; the newer exporter n
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import warnings
@@ -113,7 +114,7 @@ def onnx_model_bytes(model: nn.Module, layout: Layout, crop: CropConvention, ops
         raise ValueError(f"ONNX export: opset {opset} is below {MIN_OPSET}, the lowest opset facemark's exports are tested with")
     # The wrapper must be in eval mode too: the exporter restores the wrapper's training flag
     # afterwards, recursively, and would otherwise leave the model's dropout switched on.
-    wrapper = LandmarksOnly(model.cpu()).eval()
+    wrapper = LandmarksOnly(_cpu_copy(model)).eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The legacy exporter announces its deprecation, and the tracer warns about Python
@@ -138,8 +139,13 @@ def onnx_model_bytes(model: nn.Module, layout: Layout, crop: CropConvention, ops
     return proto.SerializeToString()
 
 
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy of ``model`` to export: the caller's model stays on its device, in its mode."""
+    return copy.deepcopy(model).cpu()
+
+
 def _torchscript(model: nn.Module, crop: CropConvention) -> torch.jit.ScriptModule:
-    wrapper = LandmarksOnly(model.cpu()).eval()
+    wrapper = LandmarksOnly(_cpu_copy(model)).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         return torch.jit.trace(wrapper, (_example_input(crop),), check_trace=False)
@@ -153,20 +159,41 @@ def export_model(
     layout: str | Layout | None = None,
     crop_convention: CropConvention | None = None,
     check: bool = True,
+    quantize: str | None = None,
+    calibration: dict | None = None,
 ) -> dict:
     """Export ``weights`` (any form :class:`facemark.Predictor` accepts, except exported files)
     to ``out``. With ``check``, the exported model is run on a batch of 3 (a batch size the
     trace did not see) and compared with the torch model; returns ``{"path", "format",
-    "max_difference_px"}`` (difference in crop pixels)."""
+    "max_difference_px"}`` (difference in crop pixels).
+
+    ``quantize="int8"`` (ONNX only) writes an int8 model instead (:mod:`facemark.inference.quantize`),
+    calibrated on ``calibration`` = ``{"data_root", "dataset", "split", "count", "threads"}`` (all
+    optional; default: SynthFace faces rendered on the fly); its measurements against the fp32
+    export are stored in the file's metadata under ``"quantization"`` and returned under the same key."""
     from facemark.inference.predictor import load_weights
 
     if format not in ("onnx", "torchscript"):
         raise ValueError(f"export: format must be 'onnx' or 'torchscript', got {format!r}")
+    if quantize not in (None, "int8"):
+        raise ValueError(f"export: quantize must be None or 'int8', got {quantize!r}")
+    if quantize and format != "onnx":
+        raise ValueError("export: quantize='int8' is an ONNX Runtime quantization; use format='onnx'")
+    if quantize:
+        from facemark.inference.quantize import check_calibration_options
+
+        check_calibration_options(calibration or {})  # before the (slow) loading of the weights
+    if isinstance(weights, nn.Module):
+        weights = _cpu_copy(weights)  # loading puts the model on the CPU in eval mode: not the caller's
     bundle = load_weights(weights, "cpu", "torch", layout, crop_convention)
     if bundle.model is None:
         raise ValueError(f"export: {weights} is already an exported file; export from a checkpoint")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if format == "onnx" and quantize == "int8":
+        data, measured = _int8_model_bytes(bundle, opset, calibration or {})
+        out.write_bytes(data)
+        return {"path": str(out), "format": format, "max_difference_px": None, "quantization": measured}
     if format == "onnx":
         out.write_bytes(onnx_model_bytes(bundle.model, bundle.layout, bundle.crop, opset, bundle.description))
     else:
@@ -185,16 +212,50 @@ def export_model(
     return result
 
 
+def _int8_model_bytes(bundle, opset: int, calibration: dict) -> tuple[bytes, dict]:
+    """The int8 ONNX model of ``bundle`` with its measurements in the metadata, and the measurements."""
+    import onnx
+
+    from facemark.inference.predictor import METADATA_KEY
+    from facemark.inference.quantize import DEFAULT_CALIBRATION_COUNT, calibration_faces, face_crops, measure_int8, quantize_int8
+
+    fp32 = onnx_model_bytes(bundle.model, bundle.layout, bundle.crop, opset, bundle.description)
+    count = calibration.get("count") or DEFAULT_CALIBRATION_COUNT
+    calibrate, validate, source = calibration_faces(bundle.layout, count, calibration.get("data_root"),
+                                                    calibration.get("dataset"), calibration.get("split"))
+    int8 = quantize_int8(fp32, face_crops(calibrate, bundle.layout, bundle.crop)[0])
+    measured = {"type": "int8", "method": "ONNX Runtime quantize_static, QDQ, per-channel int8 weights, uint8 activations, min-max calibration",
+                "calibration": source, **measure_int8(fp32, int8, validate, bundle.layout, bundle.crop, calibration.get("threads"))}
+    proto = onnx.load_from_string(int8)
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            metadata = json.loads(entry.value)
+            metadata["quantization"] = measured
+            entry.value = json.dumps(metadata)
+    return proto.SerializeToString(), measured
+
+
 # -- command line ---------------------------------------------------------------------------------
 def run_export(args: argparse.Namespace) -> int:
     """``facemark export``: write the file, check it, print the input/output contract."""
     from facemark.errors import CommandError
 
     try:
-        result = export_model(args.weights, args.out, args.format, args.opset, args.layout, check=not args.no_check)
+        calibration = {"data_root": args.calibration_data, "dataset": args.dataset, "split": args.split,
+                       "count": args.calibration_count, "threads": args.threads}
+        result = export_model(args.weights, args.out, args.format, args.opset, args.layout, check=not args.no_check,
+                              quantize=args.quantize, calibration=calibration if args.quantize else None)
     except (FileNotFoundError, ValueError) as error:  # unreadable weights (WeightsError), bad options
         raise CommandError(str(error)) from None
-    print(f"wrote {result['path']} ({args.format})")
+    print(f"wrote {result['path']} ({args.format}{', int8' if args.quantize else ''})")
+    if result.get("quantization"):
+        q = result["quantization"]
+        print(f"int8 calibration: {q['calibration']}")
+        print(f"int8 vs fp32, batch 1 latency: {q['latency_ms_batch1_int8']:.2f} ms vs {q['latency_ms_batch1_fp32']:.2f} ms "
+              f"(speed-up x{q['speedup_batch1']:.2f}; {q['timing']})")
+        print(f"int8 vs fp32, NME_io on {q['validation_faces']} validation faces: {100 * q['NME_io_int8']:.2f} % vs "
+              f"{100 * q['NME_io_fp32']:.2f} % (change {100 * q['NME_io_change']:+.2f} points); landmarks differ by "
+              f"{q['mean_difference_crop_px']:.2f} crop px on average, {q['max_difference_crop_px']:.2f} at most")
     if result["max_difference_px"] is not None:
         print(f"check: exported vs torch on a batch of 3, max difference {result['max_difference_px']:.2e} crop px")
     from facemark.inference.predictor import load_weights

@@ -22,6 +22,7 @@ kind of crop it was trained on. ``weights`` may be:
 """
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 import zipfile
@@ -328,6 +329,9 @@ def load_weights(
         session = onnx_session(str(weights), device, num_threads)
         return ModelBundle(_onnx_runner(session), file_layout, file_crop, f"ONNX ({Path(weights).name})", "onnx", None, metadata)
 
+    if backend == "onnx" and isinstance(weights, nn.Module):
+        # ONNX Runtime runs an export of a CPU copy: the caller's model keeps its device and mode.
+        weights = copy.deepcopy(weights)
     bundle = _load_torch_weights(weights, "cpu" if backend == "onnx" else device, layout, crop_convention)
     if backend == "torch":
         return bundle

@@ -847,8 +847,9 @@ def sdfl_loss_terms(output: SDFLOutput, target: torch.Tensor, crop_size: float =
     prediction = output.landmarks
     if prediction.shape != target.shape:
         raise ValueError(f"sdfl_loss: prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ")
-    prediction_px = prediction * crop_size
-    target_px = target.to(prediction.dtype) * crop_size
+    # In float32 whatever the network's autocast dtype: a float16 coordinate at 256 px has 0.125 px steps.
+    prediction_px = prediction.float() * crop_size
+    target_px = target.float() * crop_size
     absolute = point_loss(prediction_px - target_px).mean()
     terms = {"absolute": absolute}
     total = absolute

@@ -266,7 +266,7 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
 # Sparse local patches
 # ------------------------------------------------------------------------------------------------
 def sample_local_patches(feature_map: torch.Tensor, centres: torch.Tensor, half_size: float,
-                         num_samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         num_samples: int, steps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Crop one K x K patch per landmark from ``feature_map`` by bilinear sampling.
 
     The box of landmark i is ``clamp(centre - half_size, 0, 1) .. clamp(centre + half_size, 0, 1)``
@@ -289,6 +289,9 @@ def sample_local_patches(feature_map: torch.Tensor, centres: torch.Tensor, half_
         centres: (B, N, 2) landmark (x, y) in normalised crop coordinates.
         half_size: half the patch side, normalised (stage 1 of the release: 8 / 64).
         num_samples: K.
+        steps: ``linspace(0, 1, K)`` on the centres' device, if the caller keeps it (SLPT does, in a
+            buffer, so that a TorchScript trace holds no device constant: traced on the CPU, it
+            runs on a GPU); None makes it here.
 
     Returns:
         patches (B, N, C, K, K) with rows = y samples and columns = x samples (from the sparse
@@ -300,7 +303,9 @@ def sample_local_patches(feature_map: torch.Tensor, centres: torch.Tensor, half_
     centres = centres.detach()
     box_min = (centres - half_size).clamp(0.0, 1.0)
     box_size = (centres + half_size).clamp(0.0, 1.0) - box_min
-    steps = torch.linspace(0.0, 1.0, num_samples, device=centres.device, dtype=centres.dtype)
+    if steps is None:
+        steps = torch.linspace(0.0, 1.0, num_samples, device=centres.device, dtype=centres.dtype)
+    steps = steps.to(centres.dtype)
     samples = box_min.unsqueeze(-2) + box_size.unsqueeze(-2) * steps[:, None]  # (B, N, K, 2)
     x = samples[..., 0].unsqueeze(-2).expand(batch, num_points, num_samples, num_samples)  # [.., row, col] = x_col
     y = samples[..., 1].unsqueeze(-1).expand(batch, num_points, num_samples, num_samples)  # [.., row, col] = y_row
@@ -502,6 +507,10 @@ class SLPT(nn.Module):
         if not torch.isfinite(mean_face).all():
             raise ValueError("mean_face holds non-finite values")
         self.register_buffer("mean_face", mean_face)
+        # The patch sampling positions: a buffer moves with the model, where a tensor made in
+        # forward() would be a device constant in a TorchScript trace. Not saved (persistent=False):
+        # it follows from patch_samples, and checkpoints stay as released.
+        self.register_buffer("patch_steps", torch.linspace(0.0, 1.0, config.patch_samples), persistent=False)
 
         d = config.embed_dim
         self.backbone = BACKBONES[config.backbone]()
@@ -574,7 +583,7 @@ class SLPT(nn.Module):
     def refine(self, feature_map: torch.Tensor, landmarks: torch.Tensor, half_size: float) -> torch.Tensor:
         """One coarse-to-fine stage: (B, N, 2) landmarks -> (B, L, N, 2), one prediction per layer."""
         patches, box_min, box_size = sample_local_patches(feature_map, landmarks, half_size,
-                                                          self.config.patch_samples)
+                                                          self.config.patch_samples, self.patch_steps)
         box_min, box_size = self.patch_box_tap((box_min, box_size))
         local = self.prediction_head(self.relate(self.embed_patches(patches)))  # (B, L, N, 2)
         return box_min.unsqueeze(1) + box_size.unsqueeze(1) * local  # eq. 7
@@ -587,7 +596,9 @@ class SLPT(nn.Module):
         feature_map = self.backbone(images)
         # grid_sample reads channels-last maps ~2x faster on CPU; the values are identical.
         feature_map = feature_map.contiguous(memory_format=torch.channels_last)
-        landmarks = self.mean_face.to(feature_map.dtype).expand(images.shape[0], -1, -1)
+        # The coordinates stay in the model's own dtype (float32) under autocast: a float16 coordinate
+        # at 256 px has 0.125 px steps. Only the sampling grid follows the feature map's dtype.
+        landmarks = self.mean_face.expand(images.shape[0], -1, -1)
         stages = []
         for half_size in self.stage_half_sizes():
             stage = self.refine(feature_map, landmarks, half_size)
@@ -616,7 +627,9 @@ def build_slpt(config: SLPTConfig | None = None, mean_face: torch.Tensor | np.nd
 def _inter_ocular_distance(target: torch.Tensor, inter_ocular) -> torch.Tensor:
     first, second = getattr(inter_ocular, "inter_ocular", inter_ocular)  # a Layout or two indices
     distance = (target[:, first] - target[:, second]).norm(dim=-1)
-    if not torch.all(distance > 0):
+    # Checked where it is free (CPU). On a GPU the check would wait for the device every step;
+    # a zero distance there makes the loss infinite, which stops training with the step named.
+    if distance.device.type == "cpu" and not torch.all(distance > 0):
         bad = torch.nonzero(distance <= 0).flatten().tolist()
         raise ValueError(f"ground-truth inter-ocular distance (points {first}, {second}) is 0 for samples {bad}")
     return distance
