@@ -471,7 +471,7 @@ def _predict(args, found: CollectedInputs, fixed_boxes, boxes_file, context) -> 
     try:
         done = finished_inputs(out, header) if args.resume else set()
         writer = StreamWriter(stream_path(out, context.rank, context.world_size), header)
-    except (ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         raise _error(str(error)) from None
     if writer.dropped_tail:
         tqdm.write(f"facemark predict: warning: {writer.path}: dropped a cut-off last record ({writer.dropped_tail} "
