@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -120,3 +121,22 @@ def test_export_command(small_slpt, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "input  'image': (batch, 3, 64, 64) float32, RGB" in printed and "(batch, 98, 2)" in printed
     assert "max difference" in printed and out.is_file()
+
+
+def test_torchscript_export_holds_no_device_of_its_own(small_slpt, tmp_path):
+    # A traced factory call (torch.linspace(..., device=x.device)) keeps the tracing device as a
+    # constant: an export traced on the CPU then mixes CPU and GPU tensors on its first GPU image.
+    # No GPU here; the traced program must simply name no device.
+    path = tmp_path / "model.ts"
+    export_model(small_slpt, path, "torchscript", layout="wflw98", crop_convention=CROP)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        graph = str(torch.jit.load(str(path)).inlined_graph)
+    devices = [line.strip() for line in graph.splitlines() if "Device = prim::Constant" in line]
+    assert devices == []
+    # The sampling steps, now made from the input, are still linspace's (to the last bit).
+    from facemark.models.slpt import _unit_steps
+
+    for num in range(1, 10):
+        for dtype in (torch.float32, torch.float64):
+            assert torch.equal(_unit_steps(torch.zeros(1, dtype=dtype), num), torch.linspace(0.0, 1.0, num, dtype=dtype)), num

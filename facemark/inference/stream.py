@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
@@ -306,7 +305,3 @@ def _write_json(file: IO[str], header: dict, sections: dict, counts: dict) -> No
             file.write("  " + text + ("," if position < len(items) - 1 else "") + "\n")
         file.write(f" ]{closing}\n")
     file.write("}")
-
-
-def warn(message: str) -> None:
-    print(f"facemark predict: warning: {message}", file=sys.stderr)

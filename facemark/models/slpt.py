@@ -299,7 +299,7 @@ def sample_local_patches(feature_map: torch.Tensor, centres: torch.Tensor, half_
     centres = centres.detach()
     box_min = (centres - half_size).clamp(0.0, 1.0)
     box_size = (centres + half_size).clamp(0.0, 1.0) - box_min
-    steps = torch.linspace(0.0, 1.0, num_samples, device=centres.device, dtype=centres.dtype)
+    steps = _unit_steps(centres, num_samples)
     samples = box_min.unsqueeze(-2) + box_size.unsqueeze(-2) * steps[:, None]  # (B, N, K, 2)
     x = samples[..., 0].unsqueeze(-2).expand(batch, num_points, num_samples, num_samples)  # [.., row, col] = x_col
     y = samples[..., 1].unsqueeze(-1).expand(batch, num_points, num_samples, num_samples)  # [.., row, col] = y_row
@@ -348,6 +348,16 @@ def _bilinear_neighbours(feature_map: torch.Tensor, x: torch.Tensor, y: torch.Te
                            (1 - weight_x) * weight_y, weight_x * weight_y), dim=1)
     pixels = feature_map.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
     return pixels, indices, weights
+
+
+def _unit_steps(like: torch.Tensor, num: int) -> torch.Tensor:
+    """``torch.linspace(0, 1, num)`` (same formula: to the last bit for small ``num``) on ``like``'s
+    device and dtype, made from ``like`` rather than by a factory: a traced factory call keeps
+    the tracing device as a constant, so a TorchScript export traced on the CPU would fail on the
+    GPU (``Predictor("m.ts", device="cuda")``)."""
+    index = like.new_ones(num).cumsum(0) - 1  # 0 .. num - 1
+    step = 1.0 / max(num - 1, 1)
+    return torch.where(index < max(num // 2, 1), index * step, 1.0 - (num - 1 - index) * step)
 
 
 def _bilinear_by_row_gather(feature_map: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
