@@ -13,8 +13,8 @@ facemark checkpoint run in torch (``--backend torch``), on ``--threads`` threads
    image, ``Predictor.predict`` its faces, keep the result, write every result at the end),
    measured in the same run, before and after the others (the machine's speed drifts).
 2. Peak memory (resident set, ``ru_maxrss``) of a ``facemark predict`` process on
-   ``--images`` and ``--memory-images`` small images (64 x 64), next to the one-at-a-time path
-   on the larger set: flat means the same peak for 10x the images.
+   ``--memory-images`` small images (64 x 64) and a tenth of them, next to the one-at-a-time
+   path: flat means the same peak for 10x the images.
 """
 from __future__ import annotations
 
@@ -138,7 +138,8 @@ def streaming(images: Path, weights: Path, boxes: Path, out: Path, threads: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="images for the speed table (default 2000)")
-    parser.add_argument("--memory-images", type=int, default=20000, help="small images for the memory rows (default 20000; 0: skip)")
+    parser.add_argument("--memory-images", type=int, default=20000, help="small images for the memory rows, next to a tenth of them (default 20000; 0: skip)")
+    parser.add_argument("--no-speed", action="store_true", help="only the memory rows")
     parser.add_argument("--threads", type=int, default=2, help="threads of the model (default 2)")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="onnx",
                         help="onnx (default): an exported .onnx file in ONNX Runtime; torch: a facemark checkpoint")
@@ -147,12 +148,17 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     weights = make_model(args.work, args.backend)
-    images, boxes = make_images(args.work / f"synthface_{args.images}", args.images, 128)
     runner = "ONNX Runtime" if args.backend == "onnx" else "torch eager"
-    print(f"torch {torch.__version__}; fast SLPT preset ({runner}, {args.threads} threads); "
-          f"{args.images} SynthFace images of 128 x 128 with --boxes; load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs")
+    print(f"torch {torch.__version__}; fast SLPT preset ({runner}, {args.threads} threads); load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    if not args.no_speed:
+        images, boxes = make_images(args.work / f"synthface_{args.images}", args.images, 128)
+        print(f"\n{args.images} SynthFace images of 128 x 128 with --boxes:")
+        speed_table(args, images, weights, boxes)
+    memory_table(args, weights)
 
+
+def speed_table(args, images: Path, weights: Path, boxes: Path) -> None:
     rows = []
     first = run(ONE_AT_A_TIME, images, weights, boxes, args.threads, args.work / "out_one")
     rows.append(("one at a time (before)", first))
@@ -168,15 +174,22 @@ def main() -> None:
         speed, cpu = args.images / measured["seconds"], measured["cpu_seconds"] / args.images
         print(f"| {label} | {speed:.1f} | x{speed / baseline:.2f} | {1000 * cpu:.1f} | x{cpu / baseline_cpu:.2f} |")
 
+
+def memory_table(args, weights: Path) -> None:
     if args.memory_images:
-        print(f"\nload average {os.getloadavg()[0]:.1f}; peak resident memory, 64 x 64 images, --workers 0 --batch-size 32 (the main process):")
+        # --batch-size 1: the model's working memory is then the same as the one-at-a-time
+        # path's, so the rows differ only in what is kept per image; --batch-size 32 adds the
+        # working memory of 32-face batches, once.
+        small_count = max(1, args.memory_images // 10)
+        print(f"\nload average {os.getloadavg()[0]:.1f}; peak resident memory of the process, 64 x 64 images, --workers 0:")
         print("\n| path | images | peak RSS |\n|---|---|---|")
-        for count in (args.images, args.memory_images):
+        for count in (small_count, args.memory_images):
             small, small_boxes = make_images(args.work / f"synthface_small_{count}", count, 64)
-            measured = streaming(small, weights, small_boxes, args.work / "out_memory", args.threads, 0, 32)
-            print(f"| facemark predict (streaming) | {count} | {measured['peak_rss_mb']:.0f} MB |")
-        measured = run(ONE_AT_A_TIME, small, weights, small_boxes, args.threads, args.work / "out_one")
-        print(f"| one at a time (before) | {args.memory_images} | {measured['peak_rss_mb']:.0f} MB |")
+            for batch in (1, 32) if count == args.memory_images else (1,):
+                measured = streaming(small, weights, small_boxes, args.work / "out_memory", args.threads, 0, batch)
+                print(f"| facemark predict --batch-size {batch} | {count} | {measured['peak_rss_mb']:.0f} MB |")
+            measured = run(ONE_AT_A_TIME, small, weights, small_boxes, args.threads, args.work / "out_one_memory")
+            print(f"| one at a time (before) | {count} | {measured['peak_rss_mb']:.0f} MB |")
 
 
 if __name__ == "__main__":
