@@ -251,3 +251,26 @@ def test_two_gloo_processes_merge_to_the_single_process_output(tmp_path, model_f
     # The broken image is rank 1's (order[3]): rank 1 exits 1; rank 0 reports the merged failure.
     assert order[3].endswith("broken.png")
     assert [(tmp_path / f"rank{rank}.code").read_text() for rank in (0, 1)] == ["1", "1"]
+
+
+def test_workers_do_not_hang_after_opencv_used_its_threads(tmp_path, model_file):
+    # OpenCV's thread pool does not survive fork: workers forked from a process whose pool ran
+    # must not inherit it. In a subprocess, so that a hang fails the test instead of stopping CI.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "large.png"), np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8))
+    script = (
+        "import sys, cv2, numpy as np\n"
+        "cv2.setNumThreads(2)\n"
+        "for _ in range(5): cv2.GaussianBlur(np.zeros((2000, 2000, 3), np.uint8), (31, 31), 0)\n"  # the pool runs
+        "from facemark.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", script, "predict", str(folder), "--weights", model_file, "--box", BOX,
+                             "--out", str(tmp_path / "out"), "--workers", "2", "--no-progress"],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(batch.__file__).parents[2])})
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]) == 1

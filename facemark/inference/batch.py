@@ -275,15 +275,6 @@ def _as_is(sample):
     return sample
 
 
-def _quiet_worker(_: int) -> None:
-    """Worker processes decode and detect on one thread each: the workers are the parallelism."""
-    import cv2
-    import torch
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 def _loaded_images(items: list[InputFile], predictor, boxes_for, workers: int):
     """The images of ``items``, decoded and with their faces found, in order; in ``workers``
     processes (0: in this one). At most a few images per worker wait at any time."""
@@ -292,14 +283,27 @@ def _loaded_images(items: list[InputFile], predictor, boxes_for, workers: int):
         return (dataset[request] for request in requests)
     import multiprocessing
 
-    from torch.utils.data import DataLoader
-
     # fork: the workers share the predictor's detector without pickling it (a cv2 cascade cannot
     # be pickled) and never touch the model.
     if "fork" not in multiprocessing.get_all_start_methods():
         raise _error("--workers needs the 'fork' start method of multiprocessing, which this platform lacks; use --workers 0")
-    return iter(DataLoader(dataset, batch_size=None, sampler=requests, num_workers=workers, collate_fn=_as_is,
-                           multiprocessing_context="fork", worker_init_fn=_quiet_worker, prefetch_factor=4))
+    return _from_workers(dataset, requests, workers)
+
+
+def _from_workers(dataset: _ImageLoading, requests: _BoxRequests, workers: int):
+    import cv2
+    from torch.utils.data import DataLoader
+
+    # OpenCV's thread pool does not survive fork: a worker that inherits one hangs the first
+    # time it touches it. Without a pool (0 threads) while the workers live, there is none to
+    # inherit. (The DataLoader sets torch's threads to 1 in each worker itself.)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    try:
+        yield from DataLoader(dataset, batch_size=None, sampler=requests, num_workers=workers, collate_fn=_as_is,
+                              multiprocessing_context="fork", prefetch_factor=4)
+    finally:
+        cv2.setNumThreads(threads)
 
 
 class _Run:
