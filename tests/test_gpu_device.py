@@ -2,6 +2,8 @@
 GPU each torchrun process takes, set_device, and device_id given to init_process_group."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -97,7 +99,9 @@ def test_torchscript_traced_on_the_cpu_holds_no_device_constant(tmp_path):
     from facemark.inference.export import export_model
 
     export_model(_watched_slpt(), tmp_path / "m.ts", "torchscript", layout="wflw98", crop_convention=CROP)
-    loaded = torch.jit.load(str(tmp_path / "m.ts"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in torch >= 2.10
+        loaded = torch.jit.load(str(tmp_path / "m.ts"))
     constants = [line.strip() for line in str(loaded.inlined_graph).splitlines() if "Device = prim::Constant" in line]
     assert constants == []  # a "cpu" constant here makes Predictor("m.ts", device="cuda") fail on its first image
 

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistributedContext", "init_distributed", "cleanup_distributed", "resolve_device", "broadcast_flag",
-           "agree_on_minimum"]
+           "agree_on_minimum", "sum_over_ranks"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +132,13 @@ def agree_on_minimum(value: int, context: DistributedContext) -> int:
     tensor = torch.tensor([float(value)], device=context.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return int(tensor.item())
+
+
+def sum_over_ranks(values: list[int], context: DistributedContext) -> list[int]:
+    """Each of ``values`` summed over the ranks, on every rank (e.g. counts of a sharded job);
+    a collective, so it also waits until every rank has got here."""
+    if not context.distributed:
+        return list(values)
+    tensor = torch.tensor([float(value) for value in values], dtype=torch.float64, device=context.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return [int(value) for value in tensor.tolist()]

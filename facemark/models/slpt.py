@@ -356,6 +356,7 @@ def _bilinear_neighbours(feature_map: torch.Tensor, x: torch.Tensor, y: torch.Te
     return pixels, indices, weights
 
 
+
 def _bilinear_by_row_gather(feature_map: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of ``feature_map`` (see :func:`_bilinear_neighbours`) from four row
     gathers of its pixels. Returns (B, samples per image, C)."""
