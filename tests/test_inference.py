@@ -475,6 +475,7 @@ def test_predict_command_detector_options(tmp_path, astronaut, mean_face_onnx, c
     assert code == 0 and document["detector"] == "haar:haarcascade_frontalface_default"
     assert "real faces" in document["detector_calibration"]["source"] and len(document["images"][0]["faces"]) == 1
     # Her face is ~95 px: a 150-pixel minimum finds nothing, and says so.
+    out = tmp_path / "out_min_size"  # a second run into the same --out needs --resume
     code = run_predict(_predict_args([str(image), "--weights", mean_face_onnx, "--detector", "haar", "--min-face-size", "150",
                                       "--out", str(out), "--no-progress"]))
     assert code == 0 and json.loads((out / "predictions.json").read_text())["images"][0]["faces"] == []
@@ -482,6 +483,6 @@ def test_predict_command_detector_options(tmp_path, astronaut, mean_face_onnx, c
     from facemark.errors import CommandError
 
     with pytest.raises(CommandError, match="YuNet model file .*missing.onnx does not exist"):
-        run_predict(_predict_args([str(image), "--weights", mean_face_onnx, "--yunet-model", str(tmp_path / "missing.onnx"), "--out", str(out)]))
+        run_predict(_predict_args([str(image), "--weights", mean_face_onnx, "--yunet-model", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "out_yunet")]))
     with pytest.raises(CommandError, match="min_face_size must be a positive number"):
-        run_predict(_predict_args([str(image), "--weights", mean_face_onnx, "--min-face-size", "-3", "--out", str(out)]))
+        run_predict(_predict_args([str(image), "--weights", mean_face_onnx, "--min-face-size", "-3", "--out", str(tmp_path / "out_negative")]))
