@@ -9,7 +9,8 @@ A method's three functions:
 
 * ``compute_statistics(shapes, layout, **model_options)`` -> dict of numpy arrays computed ONCE from
   the training split (never validation or test) and stored in the checkpoint: SLPT's mean face,
-  SDFL's neighbourhood (with ``graph: release`` also the graph of the release's Laplacian loss).
+  SDFL's neighbourhood (with ``graph: release`` also the graph of the release's Laplacian loss),
+  nothing for the DETR-style baseline.
   ``shapes`` is a :class:`TrainingShapes`.
 * ``build_model(backbone, layout, statistics, image_size, **model_options)`` -> nn.Module. Its
   keyword-only arguments are the allowed keys of ``model.options`` in a config.
@@ -134,6 +135,39 @@ def _slpt_loss(layout: Layout, statistics: Mapping, image_size: int, *,
     return loss
 
 
+# -- DETR-style baseline (SLPT Table 1 and 8, Appendix A.3) --------------------------------------
+def _detr_statistics(shapes: TrainingShapes, layout: Layout) -> dict:
+    # Nothing from the training split: the queries are learned and the head predicts coordinates
+    # directly (no initial landmarks, unlike SLPT's mean face).
+    return {}
+
+
+def _detr_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
+                num_layers: int = 6, patch_size: int = 4, embed_dim: int = 256, num_heads: int = 8,
+                feedforward_dim: int = 1024, dropout: float = 0.1, embedding_init: str = "normal") -> nn.Module:
+    from facemark.models.detr import EMBEDDING_INITS, build_detr
+    from facemark.models.slpt import BACKBONES
+
+    _check_backbone(backbone, "detr", BACKBONES)
+    feature_side = image_size // 4
+    if patch_size < 1 or feature_side % patch_size:
+        raise ConfigError(f"config key 'model.options.patch_size': {patch_size} does not divide the {feature_side} x "
+                          f"{feature_side} feature map of a {image_size}-px crop (data.crop.size / 4); 16 x 16 "
+                          f"tokens as in the paper: patch_size = data.crop.size / 64")
+    if embedding_init not in EMBEDDING_INITS:
+        raise ConfigError(f"config key 'model.options.embedding_init': expected one of {list(EMBEDDING_INITS)}, "
+                          f"got {embedding_init!r}")
+    return build_detr(layout.num_points, backbone=backbone, patch_size=patch_size, num_layers=num_layers,
+                      embed_dim=embed_dim, num_heads=num_heads, feedforward_dim=feedforward_dim, dropout=dropout,
+                      embedding_init=embedding_init)
+
+
+def _detr_loss(layout: Layout, statistics: Mapping, image_size: int, *,
+               normalisation: str = "inter_ocular") -> Callable:
+    # SLPT's eq. 8 with one stage: every layer's prediction, L2 / inter-ocular distance.
+    return _slpt_loss(layout, statistics, image_size, normalisation=normalisation)
+
+
 # -- SDFL (graph head) and the FC baseline -------------------------------------------------------
 SDFL_GRAPHS = ("computed", "release")
 
@@ -221,6 +255,7 @@ METHODS: dict[str, Method] = {
     "slpt": Method(_slpt_statistics, _slpt_model, _slpt_loss),
     "sdfl": Method(_sdfl_statistics, _sdfl_model, _sdfl_loss),
     "fc": Method(_sdfl_statistics, _fc_model, _sdfl_loss),
+    "detr": Method(_detr_statistics, _detr_model, _detr_loss),
 }
 
 
