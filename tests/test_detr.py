@@ -77,6 +77,28 @@ def test_a_map_the_patch_does_not_divide_is_an_error():
         build_detr(29, backbone="mobilenet_v2_050", embedding_init="xavier")
 
 
+def test_a_reference_start_predicts_it_then_offsets_from_it():
+    torch.manual_seed(0)
+    reference = torch.rand(68, 2) * 0.6 + 0.2
+    model = build_detr(68, backbone="mobilenet_v2_050", patch_size=1, reference=reference, **SMALL)
+    images = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model(images).landmarks, reference.expand(2, 68, 2))  # the first prediction
+    with torch.no_grad():
+        model.prediction_head.bias.fill_(1.0)  # +1 in logit space on x and y
+    expected = torch.sigmoid(torch.log(reference / (1 - reference)) + 1.0)
+    torch.testing.assert_close(model(images).landmarks, expected.expand(2, 68, 2))
+    with pytest.raises(ValueError, match="inside the crop"):
+        build_detr(68, backbone="mobilenet_v2_050", reference=torch.zeros(68, 2))
+
+    # initial_content="queries": the queries are in the content from the first layer (T^1 = Q).
+    torch.manual_seed(0)
+    zeros = build_detr(29, backbone="mobilenet_v2_050", patch_size=1, **SMALL).eval()
+    torch.manual_seed(0)
+    queries = build_detr(29, backbone="mobilenet_v2_050", patch_size=1, initial_content="queries", **SMALL).eval()
+    with torch.no_grad():
+        assert not torch.allclose(zeros(images).landmarks, queries(images).landmarks)
+
+
 def test_the_loss_is_slpt_eq8_averaged_over_every_layer():
     torch.manual_seed(0)
     model = build_detr(98, backbone="mobilenet_v2_050", patch_size=1, **SMALL)
@@ -120,7 +142,7 @@ def test_onnx_export_matches_torch(tmp_path):
 
 
 def test_one_engine_epoch_through_the_detr_method(tmp_path):
-    from facemark.engine.checkpoint import load_model
+    from facemark.engine.checkpoint import load_checkpoint, load_model
     from facemark.engine.config import ConfigError
     from facemark.engine.methods import METHODS
     from facemark.engine.train import train
@@ -139,6 +161,16 @@ def test_one_engine_epoch_through_the_detr_method(tmp_path):
         expected = result.model(images).landmarks
         assert torch.equal(loaded.model(images).landmarks, expected)
     assert torch.isfinite(expected).all()
+    assert "reference" not in dict(loaded.model.named_buffers())  # DETR by default: no mean face
+
+    # reference=mean_face: the mean of the training crops, stored with the checkpoint, is the start.
+    result = train(tiny_config(root, tmp_path / "reference", *options, "model.options.reference=mean_face",
+                               "model.options.initial_content=queries", "optim.lr=1e-12"), methods=METHODS)
+    mean_face = torch.as_tensor(load_checkpoint(result.last_checkpoint)["model_spec"]["statistics"]["mean_face"])
+    assert mean_face.shape == (98, 2)
+    torch.testing.assert_close(result.model.reference, mean_face)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model.eval()(images).landmarks, mean_face.expand(2, 98, 2))  # lr ~0: the start
 
     # A patch size that does not divide the map is refused before training, naming the key.
     with pytest.raises(ConfigError, match="model.options.patch_size"):

@@ -136,16 +136,28 @@ def _slpt_loss(layout: Layout, statistics: Mapping, image_size: int, *,
 
 
 # -- DETR-style baseline (SLPT Table 1 and 8, Appendix A.3) --------------------------------------
-def _detr_statistics(shapes: TrainingShapes, layout: Layout) -> dict:
-    # Nothing from the training split: the queries are learned and the head predicts coordinates
-    # directly (no initial landmarks, unlike SLPT's mean face).
-    return {}
+DETR_REFERENCES = ("none", "mean_face")
+
+
+def _detr_statistics(shapes: TrainingShapes, layout: Layout, *, reference: str = "none") -> dict:
+    from facemark.models.slpt import compute_mean_face
+
+    # DETR (reference none): nothing from the training split, the queries are learned and the head
+    # predicts coordinates directly. reference mean_face (facemark's option for short budgets): the
+    # head predicts offsets from the mean face of the training crops, as SLPT starts from it.
+    if reference == "none":
+        return {}
+    if reference != "mean_face":
+        raise ConfigError(f"config key 'model.options.reference': expected one of {list(DETR_REFERENCES)}, "
+                          f"got {reference!r}")
+    return {"mean_face": compute_mean_face(shapes.crop).clamp(1e-3, 1 - 1e-3).numpy()}
 
 
 def _detr_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
                 num_layers: int = 6, patch_size: int = 4, embed_dim: int = 256, num_heads: int = 8,
-                feedforward_dim: int = 1024, dropout: float = 0.1, embedding_init: str = "normal") -> nn.Module:
-    from facemark.models.detr import EMBEDDING_INITS, build_detr
+                feedforward_dim: int = 1024, dropout: float = 0.1, embedding_init: str = "normal",
+                initial_content: str = "zeros", reference: str = "none") -> nn.Module:
+    from facemark.models.detr import EMBEDDING_INITS, INITIAL_CONTENTS, build_detr
     from facemark.models.slpt import BACKBONES
 
     _check_backbone(backbone, "detr", BACKBONES)
@@ -157,9 +169,13 @@ def _detr_model(backbone: str, layout: Layout, statistics: Mapping, image_size: 
     if embedding_init not in EMBEDDING_INITS:
         raise ConfigError(f"config key 'model.options.embedding_init': expected one of {list(EMBEDDING_INITS)}, "
                           f"got {embedding_init!r}")
+    if initial_content not in INITIAL_CONTENTS:
+        raise ConfigError(f"config key 'model.options.initial_content': expected one of {list(INITIAL_CONTENTS)}, "
+                          f"got {initial_content!r}")
     return build_detr(layout.num_points, backbone=backbone, patch_size=patch_size, num_layers=num_layers,
                       embed_dim=embed_dim, num_heads=num_heads, feedforward_dim=feedforward_dim, dropout=dropout,
-                      embedding_init=embedding_init)
+                      embedding_init=embedding_init, initial_content=initial_content,
+                      reference=statistics["mean_face"] if reference == "mean_face" else None)
 
 
 def _detr_loss(layout: Layout, statistics: Mapping, image_size: int, *,

@@ -47,9 +47,10 @@ from torch import nn
 
 from facemark.models.slpt import BACKBONES, InherentRelationLayer, SLPTOutput
 
-__all__ = ["DETRLandmarks", "build_detr", "sine_positional_encoding", "EMBEDDING_INITS"]
+__all__ = ["DETRLandmarks", "build_detr", "sine_positional_encoding", "EMBEDDING_INITS", "INITIAL_CONTENTS"]
 
 EMBEDDING_INITS = ("normal", "release")
+INITIAL_CONTENTS = ("zeros", "queries")
 
 
 def sine_positional_encoding(height: int, width: int, dim: int, temperature: float = 10000.0,
@@ -88,11 +89,21 @@ class DETRLandmarks(nn.Module):
         num_layers, embed_dim, num_heads, feedforward_dim, dropout: the decoder (SLPT's layers).
         embedding_init: "normal" (landmark queries N(0, 1), DETR's) or "release" (xavier-uniform
             over the (1, N, d) tensor, as the SLPT release initialises its queries).
+        initial_content: "zeros" (DETR's and SLPT's T^1 = 0) or "queries" (T^1 = Q, as SLPT's
+            option of that name: a landmark's identity is in its token from the first layer instead
+            of only in which tokens it attends to; facemark's option for short CPU budgets).
+        reference: None (DETR: the head's sigmoid gives the coordinates) or (N, 2) reference
+            landmarks in (0, 1), e.g. the training crops' mean face: the head then predicts an
+            offset in logit space, ``sigmoid(logit(reference) + head(T))``, starting at zero (as
+            Deformable DETR's reference points; SLPT starts its stage 1 from the mean face too).
+            facemark's option for short CPU budgets: the first prediction is the mean shape
+            instead of points scattered over the crop. Stored as the ``reference`` buffer.
     """
 
     def __init__(self, num_points: int, backbone: str = "hrnet_w18c_lite", patch_size: int = 4, num_layers: int = 6,
                  embed_dim: int = 256, num_heads: int = 8, feedforward_dim: int = 1024, dropout: float = 0.1,
-                 embedding_init: str = "normal"):
+                 embedding_init: str = "normal", initial_content: str = "zeros",
+                 reference: torch.Tensor | None = None):
         super().__init__()
         checks = [
             ("num_points", num_points >= 2, ">= 2"),
@@ -103,12 +114,14 @@ class DETRLandmarks(nn.Module):
              f"a multiple of 4 and of num_heads={num_heads}"),
             ("dropout", 0 <= dropout < 1, "in [0, 1)"),
             ("embedding_init", embedding_init in EMBEDDING_INITS, f"one of {list(EMBEDDING_INITS)}"),
+            ("initial_content", initial_content in INITIAL_CONTENTS, f"one of {list(INITIAL_CONTENTS)}"),
         ]
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"DETR baseline: {name} = {locals()[name]!r}; expected {expected}")
         self.num_points = num_points
         self.patch_size = patch_size
+        self.initial_content = initial_content
         self.backbone = BACKBONES[backbone]()
         self.token_embedding = nn.Conv2d(self.backbone.out_channels, embed_dim, patch_size, stride=patch_size,
                                          bias=False)
@@ -123,6 +136,15 @@ class DETRLandmarks(nn.Module):
                 nn.init.xavier_uniform_(parameter)
         if embedding_init == "normal":
             nn.init.normal_(self.landmark_queries)
+        if reference is not None:
+            reference = torch.as_tensor(reference, dtype=torch.float32)
+            if reference.shape != (num_points, 2) or not ((reference > 0) & (reference < 1)).all():
+                raise ValueError(f"DETR baseline: reference must be ({num_points}, 2) points inside the crop (0, 1); "
+                                 f"got shape {tuple(reference.shape)}")
+            self.register_buffer("reference", reference)
+            # The offset starts at zero: the first prediction is the reference itself.
+            nn.init.zeros_(self.prediction_head.weight)
+            nn.init.zeros_(self.prediction_head.bias)
 
     def memory(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's memory: tokens (B, T, d) and keys = tokens + sine positions (B, T, d)."""
@@ -143,11 +165,17 @@ class DETRLandmarks(nn.Module):
     def forward(self, images: torch.Tensor) -> SLPTOutput:
         tokens, keys = self.memory(images)
         content = tokens.new_zeros(tokens.shape[0], self.num_points, tokens.shape[-1])  # T^1 = 0, as SLPT
+        if self.initial_content == "queries":
+            content = content + self.landmark_queries
         outputs = []
         for layer in self.layers:
             content = layer(content, self.landmark_queries, keys, tokens)
             outputs.append(content)
-        landmarks = torch.sigmoid(self.prediction_head(self.final_norm(torch.stack(outputs, dim=1))))
+        logits = self.prediction_head(self.final_norm(torch.stack(outputs, dim=1)))
+        if hasattr(self, "reference"):
+            reference = self.reference.to(logits.dtype)
+            logits = logits + (reference.log() - (1 - reference).log())  # logit, written out for ONNX
+        landmarks = torch.sigmoid(logits)
         return SLPTOutput([landmarks])  # one stage: (B, L, N, 2), every layer's prediction
 
     @torch.no_grad()
@@ -171,9 +199,10 @@ class DETRLandmarks(nn.Module):
 
 def build_detr(num_points: int, backbone: str = "hrnet_w18c_lite", patch_size: int = 4, num_layers: int = 6,
                embed_dim: int = 256, num_heads: int = 8, feedforward_dim: int = 1024, dropout: float = 0.1,
-               embedding_init: str = "normal") -> DETRLandmarks:
+               embedding_init: str = "normal", initial_content: str = "zeros",
+               reference: torch.Tensor | None = None) -> DETRLandmarks:
     """The DETR-style baseline; the defaults are the configuration of SLPT's Table 1 and 8 rows
     (HRNetW18C-lite, 16 x 16 tokens for a 256 crop, 6 layers of SLPT's width)."""
     return DETRLandmarks(num_points, backbone=backbone, patch_size=patch_size, num_layers=num_layers,
                          embed_dim=embed_dim, num_heads=num_heads, feedforward_dim=feedforward_dim, dropout=dropout,
-                         embedding_init=embedding_init)
+                         embedding_init=embedding_init, initial_content=initial_content, reference=reference)
