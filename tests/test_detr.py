@@ -34,8 +34,8 @@ def test_every_query_attends_to_all_256_tokens_of_the_map():
     # A 256 crop gives a 64 x 64 map; patch_size 4 (the default) gives the paper's 16 x 16 tokens.
     model = build_detr(98, backbone="mobilenet_v2_050", **SMALL).eval()
     images = torch.randn(2, 3, 256, 256)
-    tokens, keys = model.memory(images)
-    assert tokens.shape == keys.shape == (2, 256, 32)
+    memory = model.memory(images)
+    assert memory.shape == (2, 256, 32)
     weights = model.cross_attention_weights(images)
     assert weights.shape == (2, 2, 2, 98, 256)  # (B, layers, heads, queries, tokens)
     torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 2, 2, 98))
@@ -49,7 +49,7 @@ def test_every_query_attends_to_all_256_tokens_of_the_map():
     positions = sine_positional_encoding(16, 16, 32)
     content = tokens.new_zeros(1, 98, 32)
     for layer in model.layers:
-        content = layer(content, model.landmark_queries, tokens + positions, tokens)
+        content = layer(content, model.landmark_queries, tokens + positions, tokens + positions)
     landmarks = torch.sigmoid(model.prediction_head(model.final_norm(content)))
     for point in (0, 50, 97):
         (gradient,) = torch.autograd.grad(landmarks[0, point, 0], tokens, retain_graph=True)
