@@ -6,7 +6,7 @@ Pipeline::
 
     image (B,3,S,S) -> backbone -> feature map (B,C,S/4,S/4)             (SLPT's backbones)
     tokens = token_embedding(map): a P x P conv with stride P, no bias      (B, d, S/4P, S/4P)
-    memory M = tokens as (B, 256, d) + E, E = 2-D sine positions           (DETR [5])
+    memory M = LN(tokens as (B, 256, d)) + E, E = 2-D sine positions       (DETR [5])
     T = 0; for each layer (SLPT's pre-norm inherent relation layer):
         T += MSA(LN(T) + Q, LN(T));  T += MCA(LN(T) + Q, M, M);  T += FFN(LN(T))
     landmarks of layer l = sigmoid(Linear(final_norm(T_l)))                 (every layer supervised)
@@ -24,8 +24,12 @@ baseline, and Appendix A.3 is not in the text we have):
   embedding; 1.05 M parameters, which is what Table 8's 11.00 M leaves after the backbone and
   the six decoder layers. Measured with :func:`facemark.models.complexity.measure_complexity`
   (256 crop, fvcore-style multiply-adds as Table 8 counts them), 98 / 68 / 29 points: 4.26 /
-  4.06 / 3.80 G multiply-adds, the table's numbers to the digit, and 11,006,092 / 10,998,412 /
-  10,988,428 parameters against its 11.00 / 11.00 / 10.99 M); DETR's fixed 2-D sine positional
+  4.06 / 3.80 G multiply-adds, the table's numbers to the digit, and 11,006,604 / 10,998,924 /
+  10,988,940 parameters against its 11.00 / 11.00 / 10.99 M); a LayerNorm on the tokens, so
+  that their content and the positions are of one scale (DETR's memory leaves its post-norm
+  encoder normalised; without it the tokens' norm was ~54 against the positions' 8 on SynthFace;
+  the SLPT release holds a LayerNorm ``feature_norm`` of this width that its forward never uses,
+  and Table 8 counts it for SLPT); DETR's fixed 2-D sine positional
   encoding, added to the tokens as ViT adds its position embedding, so that keys AND values
   carry it (a learned one would add 65 k parameters, a DETR encoder 0.8 M per layer: neither
   fits the table). DETR adds it to the keys only, but its encoder mixes positions into the
@@ -129,6 +133,9 @@ class DETRLandmarks(nn.Module):
         self.backbone = BACKBONES[backbone]()
         self.token_embedding = nn.Conv2d(self.backbone.out_channels, embed_dim, patch_size, stride=patch_size,
                                          bias=False)
+        # The tokens' content at unit scale per channel, comparable to the sine positions (DETR's
+        # memory leaves its post-norm encoder normalised the same way).
+        self.token_norm = nn.LayerNorm(embed_dim)
         self.landmark_queries = nn.Parameter(torch.empty(1, num_points, embed_dim))
         self.layers = nn.ModuleList(InherentRelationLayer(embed_dim, num_heads, feedforward_dim, dropout)
                                     for _ in range(num_layers))
@@ -162,7 +169,7 @@ class DETRLandmarks(nn.Module):
                              f"patch_size={self.patch_size} (input {tuple(images.shape[-2:])})")
         tokens = self.token_embedding(feature_map)  # (B, d, h, w)
         grid_height, grid_width = tokens.shape[-2:]
-        tokens = tokens.flatten(2).transpose(1, 2)  # (B, h*w, d), row-major
+        tokens = self.token_norm(tokens.flatten(2).transpose(1, 2))  # (B, h*w, d), row-major
         positions = sine_positional_encoding(grid_height, grid_width, tokens.shape[-1], device=tokens.device,
                                              dtype=tokens.dtype)
         return tokens + positions
