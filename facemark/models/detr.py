@@ -33,9 +33,8 @@ baseline, and Appendix A.3 is not in the text we have):
   encoding, added to the tokens as ViT adds its position embedding, so that keys AND values
   carry it (a learned one would add 65 k parameters, a DETR encoder 0.8 M per layer: neither
   fits the table). DETR adds it to the keys only, but its encoder mixes positions into the
-  values; without an encoder, values without positions left the decoder no way to say where
-  it looked: on SynthFace the validation NME stayed at the mean shape's for 4 epochs (31.7 %
-  against 31.6 %). No encoder; SLPT's six pre-norm
+  values; without an encoder, values without positions carry no explicit position for the head
+  to read. No encoder; SLPT's six pre-norm
   layers (d 256, 8 heads, FFN 1024, dropout 0.1) with the content T starting at zeros; DETR's
   sigmoid on a linear head to give normalised crop coordinates directly; every layer's output
   through the shared final LayerNorm and head, supervised with SLPT's eq. 8 (DETR's auxiliary
