@@ -3,6 +3,8 @@ points, cross-attention over every token of the map, Table 8's size, ONNX export
 epoch through the ``detr`` method adapter."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -175,3 +177,49 @@ def test_one_engine_epoch_through_the_detr_method(tmp_path):
     # A patch size that does not divide the map is refused before training, naming the key.
     with pytest.raises(ConfigError, match="model.options.patch_size"):
         train(tiny_config(root, tmp_path / "bad", *options, "model.options.patch_size=3"), methods=METHODS)
+
+
+# -- the paper recipes ---------------------------------------------------------------------------
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DETR_PAPER_RECIPES = sorted(path.name for path in CONFIG_DIR.glob("detr_*.yaml"))
+
+
+@pytest.mark.parametrize("name", DETR_PAPER_RECIPES)
+def test_paper_recipes_use_slpt_s_protocol_with_8x_the_epochs(name):
+    from facemark.engine.config import load_config
+
+    config = load_config(CONFIG_DIR / name)
+    slpt = load_config(CONFIG_DIR / name.replace("detr_", "slpt_"))
+    assert config.model.method == "detr" and config.model.backbone == "hrnet_w18c_lite"
+    assert config.model.pretrained == slpt.model.pretrained  # the ImageNet HRNet-W18-C file
+    assert config.data.val_fraction == 0 and config.runtime.select_on == "test" and config.runtime.report_best_and_last
+    assert config.runtime.amp is False and config.data.crop == slpt.data.crop
+    assert config.data.dataset == slpt.data.dataset and config.data.test_split == slpt.data.test_split
+    assert config.optim.epochs == 8 * slpt.optim.epochs  # "8x" (Sec. 4.4)
+    assert config.optim.milestones == [8 * epoch for epoch in slpt.optim.milestones]
+    assert (config.optim.lr, config.optim.batch_size) == (slpt.optim.lr, slpt.optim.batch_size)
+
+
+def test_the_wflw_recipe_trains_end_to_end_from_the_imagenet_file(tmp_path):
+    import json
+
+    from engine_fixtures import HRNET_IMAGENET_KEYS, read_key_list, write_state_dict_like
+    from facemark.data.synthface import generate_dataset
+    from facemark.engine.config import load_config
+    from facemark.engine.train import train
+
+    pretrained = tmp_path / "hrnetv2_w18_imagenet_pretrained.pth"
+    write_state_dict_like(pretrained, read_key_list(HRNET_IMAGENET_KEYS))
+    root = tmp_path / "synthface"
+    generate_dataset(root, num_train=4, num_test=3, size=96, format="wflw", progress=False)
+    # The recipe as shipped but for 64-px crops (patch 1: 16 x 16 tokens), 1 epoch, no workers.
+    config = load_config(CONFIG_DIR / "detr_hrnet_wflw.yaml", [
+        f"data.root={root}", f"model.pretrained={pretrained}", f"runtime.output_dir={tmp_path / 'run'}",
+        "data.crop.size=64", "model.options.patch_size=1", "optim.epochs=1", "optim.batch_size=2", "data.workers=0",
+        "runtime.device=cpu", "runtime.eval_batch_size=4", "runtime.progress=false", "runtime.tensorboard=false"])
+    result = train(config)
+    report = json.loads((tmp_path / "run" / "pretrained_report.json").read_text())
+    assert report["counts"]["matched"] == 696 and report["counts"]["shape_mismatch"] == 0
+    rows = {row["protocol"]: row for row in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]}
+    assert set(rows) == {"best", "last"} and np.isfinite(rows["last"]["summary"]["all"]["NME_io"])
+    assert result.epochs_completed == 1
