@@ -191,6 +191,7 @@ def test_paper_recipes_use_slpt_s_protocol_with_8x_the_epochs(name):
     config = load_config(CONFIG_DIR / name)
     slpt = load_config(CONFIG_DIR / name.replace("detr_", "slpt_"))
     assert config.model.method == "detr" and config.model.backbone == "hrnet_w18c_lite"
+    assert config.model.options["initial_content"] == "zeros" and config.model.options["reference"] == "none"
     assert config.model.pretrained == slpt.model.pretrained  # the ImageNet HRNet-W18-C file
     assert config.data.val_fraction == 0 and config.runtime.select_on == "test" and config.runtime.report_best_and_last
     assert config.runtime.amp is False and config.data.crop == slpt.data.crop

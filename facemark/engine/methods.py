@@ -10,7 +10,7 @@ A method's three functions:
 * ``compute_statistics(shapes, layout, **model_options)`` -> dict of numpy arrays computed ONCE from
   the training split (never validation or test) and stored in the checkpoint: SLPT's mean face,
   SDFL's neighbourhood (with ``graph: release`` also the graph of the release's Laplacian loss),
-  nothing for the DETR-style baseline.
+  nothing for the DETR-style baseline (its training mean face with ``reference: mean_face``).
   ``shapes`` is a :class:`TrainingShapes`.
 * ``build_model(backbone, layout, statistics, image_size, **model_options)`` -> nn.Module. Its
   keyword-only arguments are the allowed keys of ``model.options`` in a config.
