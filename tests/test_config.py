@@ -148,7 +148,7 @@ def test_every_recipe_in_configs_is_valid(path):
 def test_configs_folder_has_every_paper_recipe():
     names = {path.stem for path in CONFIG_DIR.glob("*.yaml")}
     for dataset in ("wflw", "300w", "cofw"):
-        for recipe in ("slpt_hrnet", "slpt_resnet34", "sdfl_hrnet", "fc_hrnet", "heatmap_hrnet"):
+        for recipe in ("slpt_hrnet", "slpt_resnet34", "sdfl_hrnet", "fc_hrnet", "heatmap_hrnet", "detr_hrnet"):
             assert f"{recipe}_{dataset}" in names
 
 
@@ -160,7 +160,7 @@ def test_non_finite_numbers_are_rejected_naming_the_key(override):
         load_config(None, [override])
 
 
-@pytest.mark.parametrize("method", ["slpt", "sdfl", "fc"])
+@pytest.mark.parametrize("method", ["slpt", "sdfl", "fc", "detr"])
 def test_unknown_backbone_names_the_config_key(method):
     from facemark.engine.methods import build_model_from_spec
     from facemark.layouts import get_layout

@@ -107,7 +107,7 @@ class DataConfig:
 class ModelConfig:
     """The method, its backbone and its knobs (``options`` go to the method's model builder)."""
 
-    method: str = "slpt"  # slpt | sdfl | fc (keys of facemark.engine.methods.METHODS)
+    method: str = "slpt"  # slpt | sdfl | fc | detr (keys of facemark.engine.methods.METHODS)
     backbone: str = "hrnet_w18c_lite"
     # A local ImageNet weight file for the backbone, matched by tensor name (relative paths: from the
     # current folder; never downloaded). null: random initialisation. See facemark.engine.pretrained.

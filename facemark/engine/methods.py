@@ -10,7 +10,8 @@ A method's three functions:
 * ``compute_statistics(shapes, layout, **model_options)`` -> dict of numpy arrays computed ONCE from
   the training split (never validation or test) and stored in the checkpoint: SLPT's mean face,
   SDFL's neighbourhood (with ``graph: release`` also the graph of the release's Laplacian loss);
-  nothing for the heatmap baseline.
+  nothing for the heatmap baseline, nor for the DETR-style baseline (its training mean face with
+  ``reference: mean_face``).
   ``shapes`` is a :class:`TrainingShapes`.
 * ``build_model(backbone, layout, statistics, image_size, **model_options)`` -> nn.Module. Its
   keyword-only arguments are the allowed keys of ``model.options`` in a config.
@@ -136,6 +137,55 @@ def _slpt_loss(layout: Layout, statistics: Mapping, image_size: int, *,
         return slpt_loss(output, target, layout, stage_weights=stage_weights, normalisation=normalisation)
 
     return loss
+
+
+# -- DETR-style baseline (SLPT Table 1 and 8, Appendix A.3) --------------------------------------
+DETR_REFERENCES = ("none", "mean_face")
+
+
+def _detr_statistics(shapes: TrainingShapes, layout: Layout, *, reference: str = "none") -> dict:
+    from facemark.models.slpt import compute_mean_face
+
+    # DETR (reference none): nothing from the training split, the queries are learned and the head
+    # predicts coordinates directly. reference mean_face (facemark's option for short budgets): the
+    # head predicts offsets from the mean face of the training crops, as SLPT starts from it.
+    if reference == "none":
+        return {}
+    if reference != "mean_face":
+        raise ConfigError(f"config key 'model.options.reference': expected one of {list(DETR_REFERENCES)}, "
+                          f"got {reference!r}")
+    return {"mean_face": compute_mean_face(shapes.crop).clamp(1e-3, 1 - 1e-3).numpy()}
+
+
+def _detr_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
+                num_layers: int = 6, patch_size: int = 4, embed_dim: int = 256, num_heads: int = 8,
+                feedforward_dim: int = 1024, dropout: float = 0.1, embedding_init: str = "normal",
+                initial_content: str = "zeros", reference: str = "none") -> nn.Module:
+    from facemark.models.detr import EMBEDDING_INITS, INITIAL_CONTENTS, build_detr
+    from facemark.models.slpt import BACKBONES
+
+    _check_backbone(backbone, "detr", BACKBONES)
+    feature_side = image_size // 4
+    if patch_size < 1 or feature_side % patch_size:
+        raise ConfigError(f"config key 'model.options.patch_size': {patch_size} does not divide the {feature_side} x "
+                          f"{feature_side} feature map of a {image_size}-px crop (data.crop.size / 4); 16 x 16 "
+                          f"tokens as in the paper: patch_size = data.crop.size / 64")
+    if embedding_init not in EMBEDDING_INITS:
+        raise ConfigError(f"config key 'model.options.embedding_init': expected one of {list(EMBEDDING_INITS)}, "
+                          f"got {embedding_init!r}")
+    if initial_content not in INITIAL_CONTENTS:
+        raise ConfigError(f"config key 'model.options.initial_content': expected one of {list(INITIAL_CONTENTS)}, "
+                          f"got {initial_content!r}")
+    return build_detr(layout.num_points, backbone=backbone, patch_size=patch_size, num_layers=num_layers,
+                      embed_dim=embed_dim, num_heads=num_heads, feedforward_dim=feedforward_dim, dropout=dropout,
+                      embedding_init=embedding_init, initial_content=initial_content,
+                      reference=statistics["mean_face"] if reference == "mean_face" else None)
+
+
+def _detr_loss(layout: Layout, statistics: Mapping, image_size: int, *,
+               normalisation: str = "inter_ocular") -> Callable:
+    # SLPT's eq. 8 with one stage: every layer's prediction, L2 / inter-ocular distance.
+    return _slpt_loss(layout, statistics, image_size, normalisation=normalisation)
 
 
 # -- SDFL (graph head) and the FC baseline -------------------------------------------------------
@@ -265,6 +315,7 @@ METHODS: dict[str, Method] = {
     "sdfl": Method(_sdfl_statistics, _sdfl_model, _sdfl_loss),
     "fc": Method(_sdfl_statistics, _fc_model, _sdfl_loss),
     "heatmap": Method(_heatmap_statistics, _heatmap_model, _heatmap_loss),
+    "detr": Method(_detr_statistics, _detr_model, _detr_loss),
 }
 
 
