@@ -742,10 +742,12 @@ def run_experiment(name: str | Experiment, out_dir: str | Path = "runs/reproduce
             _say(f"{where}: finished before, read from {item.run_dir / 'results.json'}")
             continue
         left = [other for other in to_train if planned.index(other) >= index - 1]
-        if budget_minutes:
-            estimate = f"about {_format_minutes(len(left) * 60 * budget_minutes)} left for the grid (budgets)"
-        elif trained_times:
-            estimate = f"about {_format_minutes(len(left) * sum(trained_times) / len(trained_times))} left for the grid"
+        if trained_times:  # measured: training, evaluation and the at-least-one-epoch rule included
+            estimate = (f"about {_format_minutes(len(left) * sum(trained_times) / len(trained_times))} left for the "
+                        "grid (at the mean time of its cells so far)")
+        elif budget_minutes:
+            estimate = (f"at least {_format_minutes(len(left) * 60 * budget_minutes)} left for the grid (the training "
+                        "budgets; a run lasts at least one epoch, then the test split is scored)")
         else:
             estimate = "time left: known after the first cell"
         _say(f"{where}: {'continuing from last.pt' if item.state == 'resume' else 'training'}; {estimate}")
