@@ -579,7 +579,7 @@ class ReproduceResult:
     wall_seconds: float
 
 
-def _plot(experiment: Experiment, entries: list[dict], path: Path, data_label: str) -> Path | None:
+def _plot(experiment: Experiment, entries: list[dict], path: Path, data_label: str, paper_label: str) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -602,11 +602,11 @@ def _plot(experiment: Experiment, entries: list[dict], path: Path, data_label: s
     else:
         labels = [entry["label"] for entry in measured]
         positions = range(len(measured))
-        axes.bar([p - 0.2 for p in positions], [e["values"]["NME_io"] for e in measured], width=0.4, label="measured")
+        axes.bar([p - 0.2 for p in positions], [e["values"]["NME_io"] for e in measured], width=0.4, label="measured (this data)")
         published = [(p, e["published"]["NME_io"]) for p, e in zip(positions, measured)
                      if e.get("published") and "NME_io" in e["published"]]
         if published:
-            axes.bar([p + 0.2 for p, _ in published], [v for _, v in published], width=0.4, label="paper")
+            axes.bar([p + 0.2 for p, _ in published], [v for _, v in published], width=0.4, label=f"paper ({paper_label})")
         axes.set_xticks(list(positions))
         axes.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
         axes.legend()
@@ -654,7 +654,7 @@ def _write_outputs(experiment: Experiment, grid_dir: Path, entries: list[dict], 
     plot_path = None
     if experiment.kind != "complexity":
         plot_path = _plot(experiment, entries, grid_dir / ("nme_vs_k.png" if experiment.plot == "k" else "nme.png"),
-                          data_label)
+                          data_label, f"{published_entry['table']}, {published_entry['data']}")
     return ReproduceResult(text, markdown_path, json_path, plot_path, entries, wall_seconds)
 
 
