@@ -133,6 +133,12 @@ def _add_score(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
     return add_score_arguments(parser)
 
 
+def _add_reproduce(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    from facemark.engine.commands import add_reproduce_arguments
+
+    return add_reproduce_arguments(parser)
+
+
 def _add_demo(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     from facemark.engine.demo import add_demo_arguments
 
@@ -174,6 +180,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable[[ar
     "synth": ("generate a SynthFace dataset in a benchmark's native format, or a preview sheet", _add_synth),
     "train": ("train a model from a YAML recipe with key=value overrides", _add_train),
     "evaluate": ("evaluate a checkpoint on a benchmark split (table, CED plot, predictions file)", _add_evaluate),
+    "reproduce": ("run one of the papers' experiments as a grid of training runs; its table beside the published numbers", _add_reproduce),
     "score": ("re-score a predictions file against a benchmark's ground truth, without the model", _add_score),
     "predict": ("landmarks for image files, folders and videos (JSON/CSV, drawn images)", _add_predict),
     "export": ("export a model to ONNX or TorchScript", _add_export),

@@ -14,7 +14,8 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "layouts", "synth", "train", "evaluate", "score", "predict", "export", "bench"):
+    for command in ("demo", "layouts", "synth", "train", "evaluate", "score", "predict", "export", "bench",
+                    "reproduce"):
         assert command in out
 
 

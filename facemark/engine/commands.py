@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-__all__ = ["add_train_arguments", "add_evaluate_arguments", "add_score_arguments"]
+__all__ = ["add_train_arguments", "add_evaluate_arguments", "add_score_arguments", "add_reproduce_arguments"]
 
 # facemark.data.DATASET_SPLITS and OWN_FORMATS (not imported: it is slow)
 DATASETS = ("wflw", "300w", "cofw", "cofw68", "manifest", "pts_folder", "coco")
@@ -146,6 +146,66 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.N
         print(results.table())
         if args.output_dir:
             print(f"results.json, results.md and ced.png in {args.output_dir}")
+        return 0
+
+    return run
+
+
+def add_reproduce_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``facemark reproduce NAME [--data ROOT] [--budget-minutes M] [--runs] ...``, ``facemark reproduce --list``"""
+    parser.add_argument("name", nargs="?", help="the experiment, e.g. slpt-table6 (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the experiments and what each runs")
+    parser.add_argument("--runs", action="store_true",
+                        help="print the facemark train command of every cell (and whether it is finished, half "
+                             "done or to run) without running anything")
+    parser.add_argument("--data", default=None, metavar="ROOT",
+                        help="the real benchmark's folder (e.g. data/WFLW): the papers' recipes, full length (for "
+                             "a GPU). Default: SynthFace, generated once into OUT/data, with the CPU presets")
+    parser.add_argument("--out", default="runs/reproduce",
+                        help="output folder (default runs/reproduce): OUT/NAME/<synthface|data>/ holds table.md, "
+                             "table.json, the plot and runs/<cell>/ (one ordinary run folder per cell)")
+    parser.add_argument("--budget-minutes", type=float, default=None, metavar="M",
+                        help="wall-clock training budget of each run (optim.time_budget_minutes); default: 3 on "
+                             "SynthFace, none (the recipe's epochs) with --data")
+    parser.add_argument("--cells", default=None, metavar="KEY,KEY",
+                        help="run only these cells of the grid (their keys are in --runs)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (same as runtime.device=...)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every cell, e.g. --set optim.epochs=2 (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    def run(args: argparse.Namespace) -> int:
+        from facemark.errors import CommandError
+        from facemark.engine.config import ConfigError
+        from facemark.engine.reproduce import EXPERIMENTS, list_experiments, run_experiment
+        from facemark.engine.train import TrainingDiverged
+
+        if args.list:
+            print(list_experiments())
+            return 0
+        if args.name is None:
+            raise CommandError("name an experiment (facemark reproduce --list shows them)")
+        if args.name not in EXPERIMENTS:
+            raise CommandError(f"unknown experiment {args.name!r}; expected one of {', '.join(EXPERIMENTS)}")
+        if args.budget_minutes is not None and args.budget_minutes <= 0:
+            raise CommandError(f"--budget-minutes must be > 0, got {args.budget_minutes:g}")
+        budget = args.budget_minutes if args.budget_minutes is not None or args.data else 3.0
+        overrides = list(args.overrides)
+        if args.no_progress:
+            overrides.append("runtime.progress=false")
+        cells = [key.strip() for key in args.cells.split(",") if key.strip()] if args.cells else None
+        try:
+            result = run_experiment(args.name, args.out, data_root=args.data, budget_minutes=budget,
+                                    device=args.device, overrides=overrides, cells=cells, list_runs=args.runs,
+                                    progress=not args.no_progress)
+        except (ConfigError, FileNotFoundError, FileExistsError, TrainingDiverged, ValueError) as error:
+            raise CommandError(str(error)) from None
+        if args.runs:
+            print("\n".join(result))
+            return 0
+        print(result.table)
+        files = [result.markdown_path, result.json_path] + ([result.plot_path] if result.plot_path else [])
+        print(f"written: {', '.join(str(path) for path in files)}")
         return 0
 
     return run

@@ -246,7 +246,10 @@ def _fc_model(backbone: str, layout: Layout, statistics: Mapping, image_size: in
 
 
 def _sdfl_loss(layout: Layout, statistics: Mapping, image_size: int, *,
-               point_loss: str = "soft_wing", relative_weight: float = 1.0) -> Callable:
+               point_loss: str = "soft_wing", relative_weight: float = 1.0,
+               point_loss_parameters: Mapping | None = None) -> Callable:
+    import functools
+
     from facemark.models import losses
     from facemark.models.sdfl import sdfl_loss
 
@@ -254,6 +257,19 @@ def _sdfl_loss(layout: Layout, statistics: Mapping, image_size: int, *,
                     "wing": losses.wing_loss}
     if point_loss not in point_losses:
         raise ConfigError(f"config key 'loss.options.point_loss': expected one of {list(point_losses)}, got {point_loss!r}")
+    point_function = point_losses[point_loss]
+    if point_loss_parameters:
+        # The point loss's own parameters, e.g. {omega: 20, epsilon: 0.1} for SDFL Table VII's Wing.
+        key = "loss.options.point_loss_parameters"
+        if not isinstance(point_loss_parameters, Mapping):
+            raise ConfigError(f"config key '{key}': expected a mapping such as {{epsilon: 0.5}}, "
+                              f"got {point_loss_parameters!r}")
+        check_options(dict(point_loss_parameters), list(inspect.signature(point_function).parameters)[1:], key)
+        point_function = functools.partial(point_function, **point_loss_parameters)
+        try:
+            point_function(torch.zeros(1))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"config key '{key}': {error}") from None
     neighbourhood = torch.as_tensor(np.asarray(statistics["neighbourhood"]))
     laplacian = None
     if "laplacian_graph" in statistics:
@@ -261,7 +277,6 @@ def _sdfl_loss(layout: Layout, statistics: Mapping, image_size: int, *,
         # a point its lists give no neighbour keeps only its own position, as there.
         laplacian = losses.uniform_laplacian(torch.as_tensor(np.asarray(statistics["laplacian_graph"])),
                                              allow_isolated=True)
-
     elif relative_weight:
         laplacian = losses.uniform_laplacian(neighbourhood)
     # The Laplacian is built once and copied to each device once, not rebuilt from host data at
@@ -275,7 +290,7 @@ def _sdfl_loss(layout: Layout, statistics: Mapping, image_size: int, *,
         if laplacian is not None and device not in on_device:
             on_device[device] = laplacian.to(device)
         return sdfl_loss(output, target, crop_size=image_size, neighbourhood=neighbourhood,
-                         point_loss=point_losses[point_loss], relative_weight=relative_weight,
+                         point_loss=point_function, relative_weight=relative_weight,
                          laplacian=on_device.get(device))
 
     return loss
