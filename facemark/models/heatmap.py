@@ -45,7 +45,7 @@ from torch import nn
 
 from facemark.errors import WeightsError
 from facemark.models.hrnet import HRNet, hrnet_w18c, hrnet_w18c_lite
-from facemark.models.weights import read_weights_file
+from facemark.models.weights import key_listing, read_weights_file, strict_load_problems
 
 __all__ = [
     "BACKBONES",
@@ -164,10 +164,6 @@ class HRNetFLDCheckpointError(WeightsError):
     every offending key."""
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def hrnet_fld_state_dict(content, source: str = "state dict") -> dict[str, torch.Tensor]:
     """The release's state dict inside what a file held: a ``{"state_dict": ...}`` wrapper is
     opened and a ``module.`` prefix on every key (a DataParallel save) removed."""
@@ -200,15 +196,8 @@ def load_hrnet_fld(path: str | Path, map_location: str | torch.device = "cpu") -
         raise HRNetFLDCheckpointError(f"{path}: key 'head.3.weight' (the heatmap head's last conv, (N, 270, 1, 1)) is "
                                       f"{found}; is this an HRNet facial-landmark release file?")
     model = HeatmapRegression(int(last_conv.shape[0]), backbone="hrnet_w18c")
-    expected = model.backbone.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    mismatched = [f"{key}: file {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
-                  for key, value in state.items() if key in expected and value.shape != expected[key].shape]
-    if missing or unexpected or mismatched:
-        problems = [f"{name} ({len(keys)}): {_listing(keys)}"
-                    for name, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                       ("shape mismatches", mismatched)) if keys]
+    problems = strict_load_problems(state, model.backbone.state_dict())
+    if problems:
         raise HRNetFLDCheckpointError(f"{path} does not fit the HRNetV2-W18 heatmap model ({model.num_points} "
                                       "points): " + "; ".join(problems))
     model.backbone.load_state_dict(state, strict=True)

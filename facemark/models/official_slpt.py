@@ -23,7 +23,7 @@ import torch
 
 from facemark.models.slpt import SLPT, SLPTConfig, load_official_mean_face
 from facemark.errors import WeightsError
-from facemark.models.weights import read_weights_file
+from facemark.models.weights import key_listing, read_weights_file, strict_load_problems
 
 __all__ = [
     "OFFICIAL_TO_FACEMARK",
@@ -98,7 +98,7 @@ def convert_official_state_dict(official: dict[str, torch.Tensor],
     if given, else the authors' one for 98 or 68 points). Unknown keys raise."""
     unknown = [key for key in official if official_to_facemark_key(key) is None]
     if unknown:
-        raise OfficialCheckpointError(f"{len(unknown)} keys are not SLPT release keys: {_listing(unknown)}")
+        raise OfficialCheckpointError(f"{len(unknown)} keys are not SLPT release keys: {key_listing(unknown)}")
     converted = {official_to_facemark_key(key): value for key, value in official.items()}
     if mean_face is None:
         num_points = infer_official_config(official).num_points
@@ -131,14 +131,14 @@ def to_official_state_dict(model: SLPT | dict[str, torch.Tensor]) -> dict[str, t
             exported[official] = value
     if unmapped:
         raise OfficialCheckpointError(f"{len(unmapped)} facemark keys have no place in the release format: "
-                                      f"{_listing(unmapped)}")
+                                      f"{key_listing(unmapped)}")
     release_keys = {"feature_extractor.weight", "feature_norm.weight", "feature_norm.bias",
                     "Transformer.structure_encoding", "Transformer.landmark_query", "out_layer.weight",
                     "out_layer.bias", "Transformer.Transformer_block.norm.weight",
                     "Transformer.Transformer_block.norm.bias"}
     absent = sorted(release_keys - exported.keys())
     if absent:
-        raise OfficialCheckpointError(f"the release format needs {_listing(absent)}, which this model lacks")
+        raise OfficialCheckpointError(f"the release format needs {key_listing(absent)}, which this model lacks")
     return exported
 
 
@@ -156,10 +156,6 @@ def infer_official_config(official: dict[str, torch.Tensor]) -> SLPTConfig:
     return SLPTConfig(num_points=query_shape[1], num_layers=len(layers))
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def load_official_state_dict(model: SLPT, official: dict[str, torch.Tensor], source: str = "state dict") -> None:
     """Load an official state dict into ``model`` strictly (the model's ``mean_face`` is kept).
 
@@ -168,15 +164,8 @@ def load_official_state_dict(model: SLPT, official: dict[str, torch.Tensor], sou
     mismatches. Nothing is loaded unless everything fits.
     """
     converted = convert_official_state_dict(official, mean_face=model.mean_face)
-    expected = model.state_dict()
-    missing = [facemark_to_official_key(k) or k for k in expected if k not in converted]
-    unexpected = [facemark_to_official_key(k) or k for k in converted if k not in expected]
-    mismatched = [f"{facemark_to_official_key(k) or k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-                  for k, v in converted.items() if k in expected and v.shape != expected[k].shape]
-    if missing or unexpected or mismatched:
-        problems = [f"{name} ({len(keys)}): {_listing(keys)}"
-                    for name, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                       ("shape mismatches", mismatched)) if keys]
+    problems = strict_load_problems(converted, model.state_dict(), name=lambda key: facemark_to_official_key(key) or key)
+    if problems:
         raise OfficialCheckpointError(f"{source} does not fit this SLPT ({model.config.num_layers} layers, "
                                       f"{model.config.num_points} points): " + "; ".join(problems))
     model.load_state_dict(converted, strict=True)

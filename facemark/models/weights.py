@@ -20,7 +20,8 @@ from torch import nn
 
 from facemark.errors import WeightsError, WeightsNotFoundError
 
-__all__ = ["read_weights_file", "read_state_dict", "load_matching_weights", "weights_file_errors"]
+__all__ = ["read_weights_file", "read_state_dict", "load_matching_weights", "weights_file_errors", "key_listing",
+           "strict_load_problems"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,3 +161,22 @@ def summarise(report: dict[str, list[str]]) -> str:
     """One line: the count of each kind of key, with examples of the non-matching ones."""
     return "; ".join(f"{name} {len(keys)}" + (f" (e.g. {', '.join(keys[:3])})" if keys and name != "matched" else "")
                      for name, keys in report.items())
+
+
+def key_listing(keys: list[str], limit: int = 12) -> str:
+    """``keys`` for an error message: the first ``limit`` of them, and how many there are in all."""
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def strict_load_problems(found: dict, expected: dict, name=lambda key: key) -> list[str]:
+    """Why the state dict ``found`` would not load strictly where ``expected`` (a module's
+    ``state_dict()``) is: ``"missing keys (n): ..."``, ``"unexpected keys (n): ..."`` and
+    ``"shape mismatches (n): key: file (..) vs model (..)"``, each only when there are any (an empty
+    list: it fits). ``name`` turns a key into the name the user knows (e.g. the release's)."""
+    missing = [name(key) for key in expected if key not in found]
+    unexpected = [name(key) for key in found if key not in expected]
+    mismatched = [f"{name(key)}: file {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+                  for key, value in found.items() if key in expected and value.shape != expected[key].shape]
+    return [f"{kind} ({len(keys)}): {key_listing(keys)}"
+            for kind, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                               ("shape mismatches", mismatched)) if keys]
