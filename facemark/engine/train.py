@@ -802,7 +802,8 @@ def _run_epochs(run: _Run, progress: _Progress) -> int:
 def _report_best_and_last(run: _Run, progress: _Progress, last_epoch: int) -> tuple[str, Path]:
     """``runtime.report_best_and_last``: best.pt and last.pt evaluated on the test split exactly as
     ``facemark evaluate`` does (each in ``eval_{best,last}_<dataset>_<split>/``), side by side in
-    one table (logged, ``results.md``) and in the run's ``results.json``, each row labelled with the
+    one table (returned for the command line to print, ``results.md``; one summary line in the log) and
+    in the run's ``results.json``, each row labelled with the
     protocol that picked it and its epoch."""
     from facemark.engine.evaluate import evaluate
     from facemark.metrics import compare_markdown, compare_table
@@ -834,7 +835,10 @@ def _report_best_and_last(run: _Run, progress: _Progress, last_epoch: int) -> tu
     path.write_text(json.dumps({"format": "facemark.training_results", "version": 1, "dataset": data.dataset,
                                 "split": test_split, "select_on": runtime.select_on, "rows": entries},
                                indent=1) + "\n")
-    run.logger.info("test-split results of the selected and the last epoch (%s):\n%s", path, table)
+    # One line in the log (the command line prints the whole table; results.md holds it too).
+    run.logger.info("test-split results (%s): %s", path, "; ".join(
+        f"{entry['label']}, epoch {entry['epoch']}: NME_io {100 * entry['summary']['all']['NME_io']:.2f} %"
+        for entry in entries if "NME_io" in entry["summary"]["all"]))
     return table, path
 
 
