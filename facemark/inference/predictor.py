@@ -135,14 +135,16 @@ def _inspect_weights(path: str | Path) -> tuple[str, dict | None]:
         raise WeightsNotFoundError(f"weights file {path} does not exist")
     if path.suffix.lower() == ".onnx":
         return "onnx", None
-    if zipfile.is_zipfile(path):
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
         with weights_file_errors(path), zipfile.ZipFile(path) as archive:
             names = archive.namelist()
         if any("/code/" in name for name in names) or any(name.endswith("constants.pkl") for name in names):
             return "torchscript", None
     # The restricted unpickler (weights_only): a file holding anything but tensors and plain values
-    # (a pickled payload) is refused here, naming the file, and nothing in it runs.
-    state = read_weights_file(path, "weights", allow_numpy=True)
+    # (a pickled payload) is refused here, naming the file, and nothing in it runs. Telling the kind
+    # needs the key names only: a zip-format file is memory-mapped, not read (the loader reads it).
+    state = read_weights_file(path, "weights", allow_numpy=True, mmap=is_zip)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a {"state_dict": ...} wrapper, which load_official_slpt accepts too
     if isinstance(state, dict) and state.get("format") != "facemark-checkpoint":

@@ -45,12 +45,14 @@ def _numpy_reconstruction_globals() -> list:
 
 
 def read_weights_file(path: str | Path, what: str = "weights", map_location: str | torch.device = "cpu",
-                      allow_numpy: bool = False) -> Any:
+                      allow_numpy: bool = False, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` with errors that name the file.
 
     The one place facemark reads a ``.pt`` / ``.pth`` file: the restricted unpickler rebuilds
     tensors and plain Python values and refuses everything else, so a crafted file cannot run
-    code. ``allow_numpy`` also admits pickled numpy arrays (format 1 checkpoints).
+    code. ``allow_numpy`` also admits pickled numpy arrays (format 1 checkpoints). ``mmap``
+    (zip-format files only) maps the tensors' bytes instead of reading them: a cheap look at the
+    file's structure and key names.
     """
     path = Path(path)
     if not path.is_file():
@@ -62,8 +64,8 @@ def read_weights_file(path: str | Path, what: str = "weights", map_location: str
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             if allow_numpy:
                 with torch.serialization.safe_globals(_numpy_reconstruction_globals()):
-                    return torch.load(path, map_location=map_location, weights_only=True)
-            return torch.load(path, map_location=map_location, weights_only=True)
+                    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # truncated, not a torch file, or holding something not allowed
         message = str(error)
         with open(path, "rb") as file:
