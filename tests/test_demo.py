@@ -36,7 +36,7 @@ def test_tiny_demo_writes_the_report_plots_and_table(tmp_path, capsys):
     out = tmp_path / "demo"
     code, printed = _tiny_run(out, capsys)
     assert code == 0
-    names = ("SLPT (MobileNetV2-0.5, fast)", "FC baseline (ResNet18)", "Mean shape")
+    names = ("SLPT (MobileNetV2-0.5, fast)", "SDFL graph head (ResNet18)", "FC baseline (ResNet18)", "Mean shape")
     for name in names:
         assert name in printed
     assert "NME_io" in printed and "FR_io@0.10" in printed and "AUC_io@0.10" in printed
@@ -45,7 +45,8 @@ def test_tiny_demo_writes_the_report_plots_and_table(tmp_path, capsys):
     report = (out / "report.md").read_text()
     for name in names:
         assert name in report
-    assert "![CED of the three models](ced.png)" in report and "(predictions.png)" in report
+    assert "![CED of the four](ced.png)" in report and "(predictions.png)" in report
+    assert "SDFL's graph head: NME_io" in report
     assert "stage 1:" in report and "stage 2:" in report and "stage 3:" not in report  # the preset has 2 stages
     for png in ("ced.png", "predictions.png"):
         image = cv2.imread(str(out / png))
@@ -53,8 +54,9 @@ def test_tiny_demo_writes_the_report_plots_and_table(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["models"]) == set(names)
     assert len(summary["stage_nme_inter_ocular"]) == 2
-    assert summary["epochs"] == {"slpt": 1, "fc": 1}
-    assert (out / "slpt" / "best.pt").is_file() and (out / "fc" / "eval_test" / "predictions.json").is_file()
+    assert summary["epochs"] == {"slpt": 1, "sdfl": 1, "fc": 1}
+    for key in ("slpt", "sdfl", "fc"):
+        assert (out / key / "best.pt").is_file() and (out / key / "eval_test" / "predictions.json").is_file()
 
     # A second demo with other data arguments regenerates the data and replaces the runs.
     first_image = sorted((out / "data" / "WFLW_images").rglob("*.jpg"))[0].read_bytes()
@@ -120,3 +122,22 @@ def test_mean_shape_baseline_maps_the_crop_shape_back_to_the_image():
     assert predicted.shape == (2, 98, 2)
     np.testing.assert_allclose(predicted[0], records[0].landmarks, atol=1e-9)
     np.testing.assert_allclose(predicted[1], records[1].landmarks, atol=1e-9)
+
+
+def test_prediction_grid_labels_each_face_with_its_model():
+    from facemark.data.records import FaceRecord
+    from facemark.engine.demo import prediction_grid
+    from facemark.layouts import get_layout
+
+    layout = get_layout("wflw98")
+    image = np.zeros((64, 64, 3), np.uint8)
+    shape = np.random.default_rng(0).uniform(10, 50, size=(98, 2))
+    record = FaceRecord(identifier="face", landmarks=shape, layout=layout, image_loader=lambda: image)
+    records, predictions = [record, record], np.stack([shape, shape + 1.0])
+    labelled = prediction_grid(records, predictions, np.array([0.01, 0.02]), layout, columns=2, cell_size=64,
+                               labels=["SLPT", "SDFL"])
+    plain = prediction_grid(records, predictions, np.array([0.01, 0.02]), layout, columns=2, cell_size=64)
+    assert labelled.shape == plain.shape and labelled.shape[1] > 2 * 64 > labelled.shape[0]  # two cells in a row
+    assert not np.array_equal(labelled, plain)  # the labels are drawn
+    with pytest.raises(ValueError, match="1 labels for 2 faces"):
+        prediction_grid(records, predictions, np.array([0.01, 0.02]), layout, labels=["SLPT"])

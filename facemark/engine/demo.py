@@ -4,23 +4,26 @@ What it does, in order (every step shows progress):
 
 1. Generate a SynthFace dataset (WFLW format, 98 points) in ``<out>/data`` -- or reuse the one
    there if its ``synthface.json`` records exactly the requested seed, size and split sizes.
-2. Train SLPT with the light preset ``configs/synthface_slpt_fast.yaml`` (half-width
-   MobileNetV2 backbone, 128 crops, 2 stages, 1 layer of width 128, K = 4, channels-last) and
-   the FC-regression baseline ``configs/synthface_fc_cpu.yaml`` (ResNet18 + FC head, Soft Wing)
-   with the SAME WALL-CLOCK BUDGET each (``minutes``): a few real training steps of each model
+2. Train the two papers' methods and their common baseline with the SAME WALL-CLOCK BUDGET each
+   (``minutes``): SLPT with the light preset ``configs/synthface_slpt_fast.yaml`` (half-width
+   MobileNetV2 backbone, 128 crops, 2 stages, 1 layer of width 128, K = 4, channels-last), SDFL's
+   graph head ``configs/synthface_sdfl_cpu.yaml`` (ResNet18, dynamic adjacency, k = 3, Soft Wing +
+   relative location loss) and the FC-regression baseline ``configs/synthface_fc_cpu.yaml``
+   (ResNet18 + FC head, Soft Wing; SDFL Table I's baseline). A few real training steps of each model
    are timed first and the number of epochs is the most that fit in the budget; the learning
    rate drops x0.1 for the last eighth of the epochs (at least the last one). A faster
    machine (a GPU) therefore trains more epochs in the same time: a better model, not a
    shorter demo.
-3. Evaluate both on the test split exactly as ``facemark evaluate`` does (crops from the
+3. Evaluate the three on the test split exactly as ``facemark evaluate`` does (crops from the
    checkpoint's convention, predictions mapped back to the original images), next to the
    mean-shape baseline: SLPT's initial landmarks S_0 (the mean face of the training crops) placed
    in each test crop and mapped back.
 4. Write ``<out>/report.md``: the comparison table in the papers' layout, SLPT's NME per stage,
-   the CED plot of the three models (``ced.png``) and a grid of test faces with SLPT's
-   predictions and the ground truth (``predictions.png``). Print the table and the report path.
+   the CED plot of the four (``ced.png``) and a grid of the same test faces with SLPT's and SDFL's
+   predictions side by side and the ground truth (``predictions.png``). Print the table and the
+   report path.
 
-Both runs use ``data.val_fraction`` = 0.1 of the training split for best-epoch selection (the
+All runs use ``data.val_fraction`` = 0.1 of the training split for best-epoch selection (the
 engine's default); the test split is only used for the final numbers.
 """
 from __future__ import annotations
@@ -41,23 +44,24 @@ __all__ = ["DemoSettings", "DemoResult", "run_demo", "add_demo_arguments", "mean
 
 # The recipes the demo trains (repository's configs/ folder; the demo overrides paths, budget and device).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-SLPT_CONFIG = "synthface_slpt_fast.yaml"
-FC_CONFIG = "synthface_fc_cpu.yaml"
-MODEL_NAMES = {"slpt": "SLPT (MobileNetV2-0.5, fast)", "fc": "FC baseline (ResNet18)", "mean": "Mean shape"}
+# key -> recipe, in the order they are trained and reported; every model gets the same budget.
+RECIPES = {"slpt": "synthface_slpt_fast.yaml", "sdfl": "synthface_sdfl_cpu.yaml", "fc": "synthface_fc_cpu.yaml"}
+MODEL_NAMES = {"slpt": "SLPT (MobileNetV2-0.5, fast)", "sdfl": "SDFL graph head (ResNet18)",
+               "fc": "FC baseline (ResNet18)", "mean": "Mean shape"}
 
 
 @dataclass
 class DemoSettings:
     """Arguments of :func:`run_demo` (the ``facemark demo`` options).
 
-    ``minutes``: training budget PER MODEL (SLPT and the FC baseline get the same wall-clock
-    budget). ``max_epochs`` caps the epochs on fast machines. ``calibration_steps``: training steps
+    ``minutes``: training budget PER MODEL (SLPT, SDFL and the FC baseline get the same wall-clock
+    budget; the whole demo takes about 3 x ``minutes`` plus a minute). ``max_epochs`` caps the epochs on fast machines. ``calibration_steps``: training steps
     timed per model to turn the budget into epochs. ``image_size``: SynthFace image side, also the
-    crop side of both models.
+    crop side of the three models.
     """
 
     out_dir: str = "runs/demo"
-    minutes: float = 6.0
+    minutes: float = 4.5
     seed: int = 0
     device: str = "auto"
     num_train: int = 2000
@@ -68,7 +72,7 @@ class DemoSettings:
     workers: int | None = None  # data-loading processes (None: 1 on CPU, up to 8 on CUDA)
     progress: bool = True
     grid_faces: int = 16
-    overrides: Sequence[str] = ()  # extra key=value overrides applied to BOTH training configs
+    overrides: Sequence[str] = ()  # extra key=value overrides applied to every training config
 
 
 @dataclass
@@ -77,8 +81,8 @@ class DemoResult:
 
     results: dict  # model name -> facemark.metrics.EvaluationResults
     stage_nmes: list[float]  # SLPT test NME (inter-ocular, original image) after each stage
-    epochs: dict  # "slpt"/"fc" -> epochs trained
-    train_seconds: dict  # "slpt"/"fc" -> wall-clock seconds of training
+    epochs: dict  # "slpt"/"sdfl"/"fc" -> epochs trained
+    train_seconds: dict  # "slpt"/"sdfl"/"fc" -> wall-clock seconds of training
     total_seconds: float
     report: Path
     ced_plot: Path
@@ -296,15 +300,19 @@ def stage_predictions(model, records, layout, crop, device, batch_size: int = 32
 
 
 def prediction_grid(records, predictions: np.ndarray, nmes: np.ndarray, layout, columns: int = 4,
-                    cell_size: int = 256) -> np.ndarray:
+                    cell_size: int = 256, labels: Sequence[str] | None = None) -> np.ndarray:
     """Test faces with the ground truth (green dots) and the predictions (red, with the face's
-    outline edges), each labelled with its inter-ocular NME; an RGB image."""
+    outline edges), each labelled with its inter-ocular NME (after ``labels[i]``, e.g. the
+    model's name, when given); an RGB image."""
     import cv2
 
     from facemark.visualize import draw_landmarks, image_grid
 
     cells = []
-    for record, predicted, error in zip(records, predictions, nmes):
+    labels = list(labels) if labels is not None else [""] * len(records)
+    if len(labels) != len(records):
+        raise ValueError(f"prediction_grid: {len(labels)} labels for {len(records)} faces")
+    for record, predicted, error, label in zip(records, predictions, nmes, labels):
         image = record.load_image()
         scale = cell_size / max(image.shape[:2])
         image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)),
@@ -316,7 +324,7 @@ def prediction_grid(records, predictions: np.ndarray, nmes: np.ndarray, layout, 
 
         image = draw_landmarks(image, to_cell(record.landmarks), layout, colour=(0, 230, 0), radius=2, edges=False)
         image = draw_landmarks(image, to_cell(predicted), layout, colour=(255, 40, 40), radius=1, edges=True)
-        cv2.putText(image, f"NME {100 * error:.1f}%", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+        cv2.putText(image, f"{label + ' ' if label else ''}NME {100 * error:.1f}%", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
                     cv2.LINE_AA)
         cells.append(image)
     return image_grid(cells, columns=columns, cell_size=cell_size)
@@ -331,7 +339,7 @@ def run_demo(settings: DemoSettings | None = None) -> DemoResult:
     from facemark.data import load_dataset
     from facemark.engine.checkpoint import load_model
     from facemark.engine.distributed import resolve_device
-    from facemark.engine.evaluate import box_source_label, evaluate
+    from facemark.engine.evaluate import box_source_label, evaluate, predict_landmarks
     from facemark.metrics import EvaluationResults, compare_markdown, compare_table, nme, plot_ced
 
     settings = settings or DemoSettings()
@@ -358,7 +366,7 @@ def run_demo(settings: DemoSettings | None = None) -> DemoResult:
 
     # 2. training
     runs = {}
-    for step, (key, config_file) in enumerate((("slpt", SLPT_CONFIG), ("fc", FC_CONFIG))):
+    for key, config_file in RECIPES.items():
         _say(f"[2/4] training {MODEL_NAMES[key]} ({config_file})")
         run_dir = out_dir / key
         _remove_previous_run(run_dir)
@@ -370,7 +378,7 @@ def run_demo(settings: DemoSettings | None = None) -> DemoResult:
     test = load_dataset("wflw", root, "test")
     results: dict[str, EvaluationResults] = {}
     loaded = {}
-    for key in ("slpt", "fc"):
+    for key in RECIPES:
         result = runs[key][0]
         checkpoint = result.best_checkpoint or result.last_checkpoint
         evaluation = evaluate(checkpoint, root, dataset="wflw", split="test", output_dir=out_dir / key / "eval_test",
@@ -388,15 +396,25 @@ def run_demo(settings: DemoSettings | None = None) -> DemoResult:
 
     # 4. report
     _say("[4/4] writing the report")
-    ordered = {name: results[name] for name in (MODEL_NAMES["slpt"], MODEL_NAMES["fc"], MODEL_NAMES["mean"])}
+    ordered = {MODEL_NAMES[key]: results[MODEL_NAMES[key]] for key in (*RECIPES, "mean")}
     ced_path = plot_ced({name: r.per_image("inter_ocular") for name, r in ordered.items()}, out_dir / "ced.png",
                         threshold=0.10, title=f"CED on SynthFace test ({len(test)} faces)")
-    slpt_results = ordered[MODEL_NAMES["slpt"]]
     # The first test faces of the split (a random sample of the generator): not cherry-picked.
-    shown = list(range(min(settings.grid_faces, len(test))))
-    slpt_predictions = stages[-1]
-    grid = prediction_grid([test.records[i] for i in shown], slpt_predictions[shown],
-                           slpt_results.per_image("inter_ocular")[shown], test.layout)
+    # Each face twice, side by side: SLPT's prediction, then SDFL's.
+    shown = list(range(min(settings.grid_faces // 2, len(test))))
+    sdfl = loaded["sdfl"]
+    compared = {"SLPT": (stages[-1], ordered[MODEL_NAMES["slpt"]]),
+                "SDFL": (predict_landmarks(sdfl.model, test.records, test.layout, sdfl.crop, device),
+                         ordered[MODEL_NAMES["sdfl"]])}
+    grid_records, grid_predictions, grid_nmes, grid_labels = [], [], [], []
+    for index in shown:
+        for label, (predictions, evaluation) in compared.items():
+            grid_records.append(test.records[index])
+            grid_predictions.append(predictions[index])
+            grid_nmes.append(evaluation.per_image("inter_ocular")[index])
+            grid_labels.append(label)
+    grid = prediction_grid(grid_records, np.stack(grid_predictions), np.array(grid_nmes), test.layout,
+                           labels=grid_labels)
     grid_path = out_dir / "predictions.png"
     cv2.imwrite(str(grid_path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     total_seconds = time.perf_counter() - total_start
@@ -420,8 +438,10 @@ def run_demo(settings: DemoSettings | None = None) -> DemoResult:
 
 def _report_markdown(settings, device, threads, results, table_markdown, stage_nmes, epochs, train_seconds, runs,
                      total_seconds, test) -> str:
-    slpt_name, fc_name, mean_name = (MODEL_NAMES[k] for k in ("slpt", "fc", "mean"))
+    slpt_name, sdfl_name, mean_name = (MODEL_NAMES[k] for k in ("slpt", "sdfl", "mean"))
     slpt_nme = results[slpt_name].per_image("inter_ocular").mean()
+    sdfl_nme = results[sdfl_name].per_image("inter_ocular").mean()
+    fc_nme = results[MODEL_NAMES["fc"]].per_image("inter_ocular").mean()
     mean_nme = results[mean_name].per_image("inter_ocular").mean()
     subsets = results[slpt_name].subsets
     lines = [
@@ -434,7 +454,7 @@ def _report_markdown(settings, device, threads, results, table_markdown, stage_n
         "| model | recipe | budget | epochs | training time | best epoch (validation NME) |",
         "|---|---|---|---:|---:|---|",
     ]
-    for key, config_file in (("slpt", SLPT_CONFIG), ("fc", FC_CONFIG)):
+    for key, config_file in RECIPES.items():
         result = runs[key][0]
         best = (f"{result.best_epoch} ({100 * result.best_metric:.2f} %)" if result.best_metric is not None
                 else str(result.best_epoch))
@@ -443,7 +463,7 @@ def _report_markdown(settings, device, threads, results, table_markdown, stage_n
     lines += [
         f"| {mean_name} | SLPT's initial landmarks S_0 (mean training crop shape) in each test crop | - | - | - | - |",
         "",
-        "Both trained models got the same wall-clock budget (a few steps of each were timed and the "
+        "The three trained models got the same wall-clock budget (a few steps of each were timed and the "
         "plan of epochs was re-fitted to the budget after every epoch from the measured epoch times, with lr x0.1 "
         "for the last eighth of the plan, at least its last epoch). The best "
         "epoch is chosen on 10 % of the training split held out; the test split is used only here. "
@@ -458,6 +478,9 @@ def _report_markdown(settings, device, threads, results, table_markdown, stage_n
         f"(ratio {slpt_nme / mean_nme:.3f}; the demo's target, at most 1/3, is "
         f"{'met' if slpt_nme <= mean_nme / 3 else 'NOT met'}).",
         "",
+        f"SDFL's graph head: NME_io {100 * sdfl_nme:.2f} % against {100 * fc_nme:.2f} % for the FC head on the "
+        "same backbone, loss and budget (SDFL Table I's comparison).",
+        "",
         "SLPT's NME_io after each coarse-to-fine stage (last layer): "
         + ", ".join(f"stage {s + 1}: {100 * v:.2f} %" for s, v in enumerate(stage_nmes)) + ".",
         "",
@@ -471,16 +494,18 @@ def _report_markdown(settings, device, threads, results, table_markdown, stage_n
     lines += [
         "## Cumulative error distribution",
         "",
-        "![CED of the three models](ced.png)",
+        "![CED of the four](ced.png)",
         "",
-        "## SLPT on test faces",
+        "## SLPT and SDFL on the same test faces",
         "",
-        "The first test images of the split (not selected): ground truth green dots, SLPT's prediction "
-        "red (with the face outline), the inter-ocular NME of the face at the top left.",
+        f"The first {len(test) if len(test) < settings.grid_faces // 2 else settings.grid_faces // 2} test "
+        "images of the split (not selected), each twice side by side: SLPT's prediction, then SDFL's "
+        f"({sdfl_name}), in red with the face outline; ground truth green dots; the model and the face's "
+        "inter-ocular NME at the top left.",
         "",
-        "![SLPT predictions (red) and ground truth (green)](predictions.png)",
+        "![SLPT and SDFL predictions (red) and ground truth (green)](predictions.png)",
         "",
-        "Files: `slpt/` and `fc/` hold each run (checkpoints, `metrics.csv`, `train.log`) and its test "
+        "Files: `slpt/`, `sdfl/` and `fc/` hold each run (checkpoints, `metrics.csv`, `train.log`) and its test "
         "evaluation in `eval_test/` (`predictions.json`, `results.json`, `results.md`, `ced.png` per subset); "
         "`summary.json` holds the numbers of this report.",
         "",
@@ -493,12 +518,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Na
     """``facemark demo [--out runs/demo] [--minutes M] [--seed S] [--device D] [--train N --test M]``"""
     defaults = DemoSettings()
     parser.add_argument("--out", default=defaults.out_dir,
-                        help=f"output folder (default {defaults.out_dir}): data/, slpt/, fc/, report.md, ced.png, "
+                        help=f"output folder (default {defaults.out_dir}): data/, slpt/, sdfl/, fc/, report.md, ced.png, "
                              "predictions.png, summary.json. The demo's earlier runs in it are replaced")
     parser.add_argument("--minutes", type=float, default=defaults.minutes,
-                        help=f"training budget PER MODEL in minutes (default {defaults.minutes:g}; SLPT and the FC "
-                             "baseline get the same wall-clock budget, turned into epochs by timing a few steps). "
-                             "The whole demo takes about 2 x this plus 1-2 minutes")
+                        help=f"training budget PER MODEL in minutes (default {defaults.minutes:g}; SLPT, SDFL and the "
+                             "FC baseline get the same wall-clock budget, turned into epochs by timing a few steps). "
+                             "The whole demo takes about 3 x this plus a minute")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the data and of training (default 0)")
     parser.add_argument("--device", default=defaults.device,
                         help="auto (CUDA when available: more epochs in the same time), cpu, cuda or cuda:N")
@@ -515,7 +540,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.Na
                         help="data-loading processes (default: 1 on CPU, up to 8 on CUDA)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides applied to BOTH training recipes, as in facemark train "
+                        help="config overrides applied to ALL THREE training recipes, as in facemark train "
                              "(e.g. optim.batch_size=8 augmentation.preset=none)")
 
     def run(args: argparse.Namespace) -> int:
