@@ -418,3 +418,10 @@ def test_score_reads_a_carved_test_split_from_the_runs_split_file(tmp_path, caps
     assert exit_info.value.code == 2 and "--splits RUN/splits.json" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "elsewhere" / "predictions.json"), "--data", str(tmp_path),
                  "--splits", str(run / "splits.json")]) == 0
+    # A listed face the data no longer holds: an error, not a silently smaller split.
+    listed = json.loads((run / "splits.json").read_text())
+    listed["faces"]["test"][0] = "gone.png#99"
+    (run / "splits.json").write_text(json.dumps(listed))
+    with pytest.raises(SystemExit):
+        main(["score", str(run / "eval_manifest_all.csv_test" / "predictions.json"), "--data", str(tmp_path)])
+    assert "the data changed since training" in capsys.readouterr().err
