@@ -384,3 +384,44 @@ def test_a_box_normalised_layout_needs_boxes_before_training_starts(tmp_path):
 def test_a_carved_split_is_not_a_file(tmp_path):
     with pytest.raises(ValueError, match="held out by a training run"):
         load_dataset("manifest", tmp_path, "train.csv[test]", layout=FIVE)
+
+
+def test_score_reads_a_carved_test_split_from_the_runs_split_file(tmp_path, capsys):
+    """`facemark score` on the predictions of a split held out by data.test_fraction: the faces are
+    the ones the run's splits.json lists (found from the predictions file's folder, or --splits)."""
+    from facemark.engine.config import load_config
+    from facemark.engine.data import config_splits, write_splits_file
+    from facemark.engine.evaluate import Predictions, save_predictions
+
+    write_manifest(tmp_path / "all.csv", _records(tmp_path, count=10))
+    config = load_config(None, ["data.dataset=manifest", f"data.root={tmp_path}", "data.train_split=all.csv",
+                                "data.test_fraction=0.3", "data.split_seed=4"])
+    train, test = config_splits(config.data, layout=FIVE)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_splits_file(run / "splits.json", {"train": train, "val": None, "test": test}, config.data)
+    shifted = test.landmarks() + np.array([1.0, -0.5])  # not the ground truth: a real error to score
+    predictions = Predictions([r.identifier for r in test], shifted, "manifest", test.split, FIVE.name, "gt_landmarks x1.2",
+                              "model", FIVE.to_dict())
+    save_predictions(run / "eval_manifest_all.csv_test" / "predictions.json", predictions)
+    expected = EvaluationResults.from_predictions(shifted, test, model_name="model", box_source="gt").summary()["all"]["NME_io"]
+
+    assert main(["score", str(run / "eval_manifest_all.csv_test" / "predictions.json"), "--data", str(tmp_path),
+                 "--output-dir", str(tmp_path / "scored")]) == 0
+    scored = json.loads((tmp_path / "scored" / "results.json").read_text())
+    assert scored["summary"]["all"]["NME_io"] == pytest.approx(expected)
+    assert "all.csv[test]" in capsys.readouterr().out
+    # Elsewhere, the split file is named on the command line; without it, the error says so.
+    save_predictions(tmp_path / "elsewhere" / "predictions.json", predictions)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", str(tmp_path / "elsewhere" / "predictions.json"), "--data", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--splits RUN/splits.json" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "elsewhere" / "predictions.json"), "--data", str(tmp_path),
+                 "--splits", str(run / "splits.json")]) == 0
+    # A listed face the data no longer holds: an error, not a silently smaller split.
+    listed = json.loads((run / "splits.json").read_text())
+    listed["faces"]["test"][0] = "gone.png#99"
+    (run / "splits.json").write_text(json.dumps(listed))
+    with pytest.raises(SystemExit):
+        main(["score", str(run / "eval_manifest_all.csv_test" / "predictions.json"), "--data", str(tmp_path)])
+    assert "the data changed since training" in capsys.readouterr().err

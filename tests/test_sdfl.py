@@ -317,6 +317,34 @@ def test_state_dict_carries_the_neighbourhood():
         assert torch.allclose(other.eval()(images).landmarks, model(images).landmarks, atol=1e-6)
 
 
+def test_initial_shape_is_where_the_untrained_model_starts_and_travels_in_the_state_dict():
+    """model.options.initial_shape=training: the head's output is an offset from the training crops'
+    mean shape instead of from the crop centre (the same weights give the same offsets)."""
+    from facemark.engine.methods import METHODS, TrainingShapes, compute_method_statistics
+    from facemark.layouts import Layout
+
+    layout = Layout(name="five", num_points=5, groups={}, flip_permutation=None, inter_ocular=(0, 1), inter_pupil=None)
+    rng = np.random.default_rng(0)
+    crop = np.array([[0.2, 0.15], [0.8, 0.15], [0.5, 0.55], [0.3, 0.85], [0.7, 0.85]]) + rng.normal(0, 0.02, (40, 5, 2))
+    shapes = TrainingShapes(original=crop * 100, crop=crop)
+    method = METHODS["sdfl"]
+    options = dict(hidden_features=16, num_blocks=1, initial_shape="training")
+    statistics = compute_method_statistics(method, shapes, layout, options)
+    assert np.allclose(statistics["initial_shape"], crop.mean(axis=0))
+    torch.manual_seed(0)
+    started = method.build_model("mobilenet_v2", layout, statistics, 64, **options).eval()
+    torch.manual_seed(0)
+    centred = method.build_model("mobilenet_v2", layout, statistics, 64, **{**options, "initial_shape": "centre"}).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        offset = centred(images).landmarks - 0.5  # the centre-start head's offsets from the centre
+        assert torch.allclose(started(images).landmarks, torch.as_tensor(crop.mean(axis=0), dtype=torch.float32) + offset,
+                              atol=1e-6)
+        rebuilt = sdfl_model_from_state_dict(started.config, started.state_dict()).eval()
+        assert torch.allclose(rebuilt(images).landmarks, started(images).landmarks, atol=1e-6)
+    assert "initial_shape" in started.state_dict() and "initial_shape" not in centred.state_dict()
+
+
 def test_sdfl_loss_in_crop_pixels():
     neighbourhood = torch.as_tensor(_random_neighbourhood(8))
     target = torch.rand(2, 8, 2)

@@ -643,6 +643,8 @@ def load_own(format: str, root: str | Path, split: str, layout: Layout | str | N
     if split.endswith(("[train]", "[val]", "[test]")) and not target.exists():
         raise ValueError(f"split {split!r} is a part of {split.rsplit('[', 1)[0]!r} held out by a training run "
                          "(data.test_fraction / data.val_fraction), not a file; evaluate the run's checkpoint "
-                         "(facemark evaluate CHECKPOINT --data ROOT), which carves the same faces")
+                         "(facemark evaluate CHECKPOINT --data ROOT), which carves the same faces, or score its "
+                         "predictions with the run's split file (facemark score PREDICTIONS --data ROOT --splits "
+                         "RUN/splits.json)")
     return _READERS[format](target, layout, check_images=check_images, split=split)
 

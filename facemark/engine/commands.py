@@ -133,6 +133,11 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.N
     parser.add_argument("predictions", help="a predictions file written by facemark evaluate (predictions.json): "
                                             "identifiers and landmarks in original-image pixels")
     _add_data_arguments(parser, "the dataset and split recorded in the predictions file")
+    parser.add_argument("--splits", default=None, metavar="FILE",
+                        help="own data: the splits.json of the training run whose held-out faces were predicted "
+                             "(a split such as train.json[test], carved by data.test_fraction); default: the one "
+                             "beside the predictions file or in its parent folder (a run folder holds the folder "
+                             "facemark evaluate writes)")
 
     def run(args: argparse.Namespace) -> int:
         from facemark.errors import CommandError
@@ -140,7 +145,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> Callable[[argparse.N
 
         try:
             results = score(args.predictions, args.data, dataset=args.dataset, split=args.split,
-                            output_dir=args.output_dir)
+                            output_dir=args.output_dir, splits_file=args.splits)
         except (FileNotFoundError, ValueError) as error:
             raise CommandError(str(error)) from None
         print(results.table())

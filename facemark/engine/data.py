@@ -32,7 +32,7 @@ from facemark.engine.methods import TrainingShapes
 from facemark.layouts import Layout
 
 __all__ = ["CropDataset", "carve_validation", "split_by_image", "config_splits", "write_splits_file", "check_splits_file",
-           "SPLITS_FILE", "training_shapes", "worker_init"]
+           "SPLITS_FILE", "listed_split", "training_shapes", "worker_init"]
 
 # The file in a run folder that lists the faces of each split (identifiers), so that evaluation
 # of the run's checkpoints can check it scores the same test faces.
@@ -188,6 +188,34 @@ def check_splits_file(path, split: str, dataset: LandmarkDataset) -> None:
                          f"({len(missing)} listed faces missing, e.g. {missing[:3]}; {len(extra)} new, e.g. {extra[:3]}"
                          f"{'; same faces in another order' if not missing and not extra else ''}): the data changed "
                          "since training; restore it or pass --split to evaluate other faces")
+
+
+def listed_split(path, dataset: str, root, split: str, layout) -> LandmarkDataset:
+    """The faces of a held-out part of a run (``split`` such as ``train.json[test]``, carved by
+    ``data.test_fraction`` or ``data.val_fraction``), read from its file and taken in the order
+    ``path`` (the run's splits.json) lists them. The part is named by the last bracket: ``[test]``
+    -> the listed test faces, ``[val]`` -> the selection faces, ``[train]`` -> the training faces."""
+    import json
+    from pathlib import Path
+
+    from facemark.data import load_dataset
+
+    base, part = split.split("[", 1)[0], split.rsplit("[", 1)[1].rstrip("]")
+    content = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    if content.get("dataset") != dataset or content.get("train_split") != base:
+        raise ValueError(f"{path} is the split file of a run on {content.get('dataset')} "
+                         f"{content.get('train_split')!r}, not of {dataset} {base!r} ({split} is a part of that file)")
+    listed = content.get("faces", {}).get(part)
+    if listed is None:
+        raise ValueError(f"{path} lists no {part!r} faces (its parts: "
+                         f"{sorted(k for k, v in content.get('faces', {}).items() if v is not None)})")
+    whole = load_dataset(dataset, root, base, layout=layout)
+    by_identifier = {record.identifier: record for record in whole}
+    missing = [identifier for identifier in listed if identifier not in by_identifier]
+    if missing:
+        raise ValueError(f"{path} lists {len(listed)} {part} faces of {base!r}, {len(missing)} of which {dataset} "
+                         f"{Path(root) / base} no longer holds, e.g. {missing[:3]}: the data changed since training")
+    return LandmarkDataset(whole.name, split, whole.root, whole.layout, [by_identifier[i] for i in listed])
 
 
 def training_shapes(dataset: LandmarkDataset, crop: CropConvention) -> TrainingShapes:

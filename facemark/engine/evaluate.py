@@ -284,15 +284,21 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, dataset: str | None 
 
 
 def score(predictions_file: str | Path, data_root: str | Path, dataset: str | None = None, split: str | None = None,
-          output_dir: str | Path | None = None) -> EvaluationResults:
+          output_dir: str | Path | None = None, splits_file: str | Path | None = None) -> EvaluationResults:
     """Re-score a predictions file against the ground truth, without the model.
 
     ``dataset``/``split`` default to those recorded in the file. Every record of the split
     must have exactly one prediction (errors name missing and extra identifiers). Outputs are
     written to ``output_dir`` when given.
+
+    A part of own data held out by a training run (``train.json[test]``, ``data.test_fraction``)
+    is no file: its faces are the ones the run's ``splits.json`` lists, read from
+    ``splits_file`` or, by default, from beside the predictions file or its parent folder (where
+    ``facemark evaluate`` puts its output folder: inside the run folder).
     """
     from facemark.data import OWN_FORMATS, load_dataset
     from facemark.data.image_check import check_dataset_images
+    from facemark.engine.data import SPLITS_FILE, listed_split
 
     predictions_file = Path(predictions_file)
     predictions = load_predictions(predictions_file)
@@ -304,7 +310,18 @@ def score(predictions_file: str | Path, data_root: str | Path, dataset: str | No
             raise ValueError(f"predictions file {predictions_file} holds no layout_spec; own data ({dataset}) needs "
                              "the layout of the points (a predictions file written by facemark evaluate has it)")
         layout = Layout.from_dict(predictions.layout_spec, source=f"{predictions_file} (layout_spec)")
-    records = load_dataset(dataset, data_root, split, layout=layout)
+    if layout is not None and split.endswith("]") and "[" in split:
+        if splits_file is None:
+            candidates = [folder / SPLITS_FILE for folder in (predictions_file.parent, predictions_file.parent.parent)]
+            splits_file = next((path for path in candidates if path.is_file()), None)
+            if splits_file is None:
+                raise ValueError(f"split {split!r} of {predictions_file} is a part of {split.split('[', 1)[0]!r} held "
+                                 f"out by a training run; its faces are listed in the run's {SPLITS_FILE}, found neither "
+                                 f"at {candidates[0]} nor at {candidates[1]}: give it (command line: --splits "
+                                 f"RUN/{SPLITS_FILE})")
+        records = listed_split(splits_file, dataset, data_root, split, layout)
+    else:
+        records = load_dataset(dataset, data_root, split, layout=layout)
     check_dataset_images(records)  # warns about faces outside their image, as evaluate does
     landmarks = _align(predictions, records, f"predictions file {predictions_file}")
     results = EvaluationResults.from_predictions(

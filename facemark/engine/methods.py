@@ -192,12 +192,21 @@ def _detr_loss(layout: Layout, statistics: Mapping, image_size: int, *,
 SDFL_GRAPHS = ("computed", "release")
 
 
-def _sdfl_statistics(shapes: TrainingShapes, layout: Layout, *, neighbours: int = 3, graph: str = "computed") -> dict:
+SDFL_INITIAL_SHAPES = ("centre", "training")
+
+
+def _sdfl_statistics(shapes: TrainingShapes, layout: Layout, *, neighbours: int = 3, graph: str = "computed",
+                     initial_shape: str = "centre") -> dict:
     from facemark.models.sdfl import build_neighbourhood, release_neighbourhood
 
+    if initial_shape not in SDFL_INITIAL_SHAPES:
+        raise ConfigError(f"config key 'model.options.initial_shape': expected one of {list(SDFL_INITIAL_SHAPES)}, "
+                          f"got {initial_shape!r}")
+    # initial_shape=training: the mean of the training crops, which the untrained model predicts.
+    start = {"initial_shape": shapes.crop.mean(axis=0)} if initial_shape == "training" else {}
     if graph == "computed":
         # Sec. III-B, eq. 1-2: top-k Pearson correlations of the training shapes' x and y coordinates.
-        return {"neighbourhood": build_neighbourhood(shapes.original, k=neighbours)}
+        return {"neighbourhood": build_neighbourhood(shapes.original, k=neighbours), **start}
     if graph == "release":
         # The release's shipped graph for this layout (WFLW top-3 lists, hand-made 68 / 29 points):
         # symmetrised with self-loops for the head, as its graph layers use it; its Laplacian loss
@@ -207,7 +216,7 @@ def _sdfl_statistics(shapes: TrainingShapes, layout: Layout, *, neighbours: int 
                               "the release's graphs are fixed (WFLW: its top-3 lists)")
         try:
             return {"neighbourhood": release_neighbourhood(layout.name),
-                    "laplacian_graph": release_neighbourhood(layout.name, symmetric=False, self_loops=False)}
+                    "laplacian_graph": release_neighbourhood(layout.name, symmetric=False, self_loops=False), **start}
         except ValueError as error:
             raise ConfigError(f"config key 'model.options.graph': {error}") from None
     raise ConfigError(f"config key 'model.options.graph': expected one of {list(SDFL_GRAPHS)}, got {graph!r}")
@@ -222,14 +231,21 @@ def _check_sdfl_backbone(backbone: str, method: str) -> None:
 
 def _sdfl_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
                 neighbours: int = 3, graph: str = "computed", adjacency: str = "dynamic", hidden_features: int = 128,
-                num_blocks: int = 4, expansion: int = 4, bn_momentum: float = 0.1) -> nn.Module:
+                num_blocks: int = 4, expansion: int = 4, bn_momentum: float = 0.1,
+                initial_shape: str = "centre") -> nn.Module:
     from facemark.models.sdfl import sdfl_graph_model
 
     _check_sdfl_backbone(backbone, "sdfl")
     del neighbours, graph  # used by _sdfl_statistics only
+    # initial_shape: "centre" (every point starts at the crop centre) or "training" (the training
+    # crops' mean shape, computed by _sdfl_statistics and stored with the statistics).
+    start = statistics.get("initial_shape") if initial_shape == "training" else None
+    if initial_shape == "training" and start is None:
+        raise ConfigError("config key 'model.options.initial_shape' is 'training' but the statistics hold no "
+                          "initial_shape (a checkpoint trained with initial_shape=centre)")
     return sdfl_graph_model(layout.num_points, statistics["neighbourhood"], backbone=backbone, adjacency=adjacency,
                             input_size=image_size, hidden_features=hidden_features, num_blocks=num_blocks,
-                            expansion=expansion, bn_momentum=bn_momentum)
+                            expansion=expansion, bn_momentum=bn_momentum, initial_shape=start)
 
 
 def _fc_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,

@@ -743,7 +743,7 @@ class SDFLModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, neighbourhood: torch.Tensor | None,
-                 input_size: int, config: dict):
+                 input_size: int, config: dict, initial_shape: np.ndarray | torch.Tensor | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -753,6 +753,17 @@ class SDFLModel(nn.Module):
             self.register_buffer("neighbourhood", torch.as_tensor(neighbourhood).bool().clone())
         else:
             self.neighbourhood = None
+        if initial_shape is not None:
+            # facemark's option (not the paper's): the head's output is an offset from this shape
+            # (N, 2, normalised crop coordinates; e.g. the training crops' mean) instead of from the
+            # crop centre, so the untrained model already predicts the mean shape, as SLPT's does.
+            # A persistent buffer, like the neighbourhood: a checkpoint carries it.
+            shape = torch.as_tensor(np.asarray(initial_shape, dtype=np.float32))
+            if shape.shape != (head.num_points, 2):
+                raise ValueError(f"SDFLModel: initial_shape must be ({head.num_points}, 2), got {tuple(shape.shape)}")
+            self.register_buffer("initial_shape", shape.clone())
+        else:
+            self.initial_shape = None
         # A neighbourhood loaded from a checkpoint replaces the one the head's edges were built from.
         self.register_load_state_dict_post_hook(SDFLModel._sync_head_neighbourhood)
 
@@ -766,7 +777,10 @@ class SDFLModel(nn.Module):
             raise ValueError(f"SDFLModel: expected images of shape (B, 3, {self.input_size}, {self.input_size}), "
                              f"got {tuple(images.shape)}")
         coordinates, adjacency = self.head(self.backbone(images))
-        return SDFLOutput(landmarks=coordinates / self.input_size, adjacency=adjacency)
+        landmarks = coordinates / self.input_size
+        if self.initial_shape is not None:
+            landmarks = landmarks + (self.initial_shape - 0.5)  # the head starts at the centre, 0.5
+        return SDFLOutput(landmarks=landmarks, adjacency=adjacency)
 
 
 def _feature_size(input_size: int) -> int:
@@ -777,11 +791,13 @@ def _feature_size(input_size: int) -> int:
 
 def sdfl_graph_model(num_points: int, neighbourhood: np.ndarray | torch.Tensor, backbone: str = "resnet18",
                      adjacency: str = "dynamic", input_size: int = 256, hidden_features: int = 128,
-                     num_blocks: int = 4, expansion: int = 4, bn_momentum: float = 0.1) -> SDFLModel:
+                     num_blocks: int = 4, expansion: int = 4, bn_momentum: float = 0.1,
+                     initial_shape: np.ndarray | torch.Tensor | None = None) -> SDFLModel:
     """SDFL with the landmark-graph relational head (the paper's model; ``adjacency`` picks the variant).
 
     The release's configuration is ``backbone="resnet34", adjacency="release", bn_momentum=0.01``
-    with :func:`release_wflw98_neighbourhood` on WFLW.
+    with :func:`release_wflw98_neighbourhood` on WFLW. ``initial_shape`` (N, 2, normalised crop
+    coordinates): the shape the untrained model predicts (default: every point at the crop centre).
     """
     feature_size = _feature_size(input_size)
     mask = _check_neighbourhood(neighbourhood, num_points, "sdfl_graph_model")
@@ -791,7 +807,7 @@ def sdfl_graph_model(num_points: int, neighbourhood: np.ndarray | torch.Tensor, 
                      output_offset=input_size / 2)
     config = dict(head="graph", num_points=num_points, backbone=backbone, adjacency=adjacency, input_size=input_size,
                   hidden_features=hidden_features, num_blocks=num_blocks, expansion=expansion, bn_momentum=bn_momentum)
-    return SDFLModel(trunk, head, mask, input_size, config)
+    return SDFLModel(trunk, head, mask, input_size, config, initial_shape=initial_shape)
 
 
 def sdfl_fc_model(num_points: int, backbone: str = "resnet18", input_size: int = 256, hidden_features: int = 256,
@@ -807,13 +823,14 @@ def sdfl_fc_model(num_points: int, backbone: str = "resnet18", input_size: int =
     return SDFLModel(trunk, head, mask, input_size, config)
 
 
-def sdfl_model_from_config(config: dict, neighbourhood: np.ndarray | torch.Tensor | None) -> SDFLModel:
-    """Rebuild a model from ``SDFLModel.config`` and a neighbourhood."""
+def sdfl_model_from_config(config: dict, neighbourhood: np.ndarray | torch.Tensor | None,
+                           initial_shape: np.ndarray | torch.Tensor | None = None) -> SDFLModel:
+    """Rebuild a model from ``SDFLModel.config``, a neighbourhood and (graph head) its initial shape."""
     arguments = {key: value for key, value in config.items() if key != "head"}
     if config.get("head") == "graph":
         if neighbourhood is None:
             raise ValueError("sdfl_model_from_config: a graph head needs the neighbourhood")
-        return sdfl_graph_model(neighbourhood=neighbourhood, **arguments)
+        return sdfl_graph_model(neighbourhood=neighbourhood, initial_shape=initial_shape, **arguments)
     if config.get("head") == "fc":
         return sdfl_fc_model(neighbourhood=neighbourhood, **arguments)
     raise ValueError(f"sdfl_model_from_config: config['head'] must be 'graph' or 'fc', got {config.get('head')!r}")
@@ -822,7 +839,7 @@ def sdfl_model_from_config(config: dict, neighbourhood: np.ndarray | torch.Tenso
 def sdfl_model_from_state_dict(config: dict, state_dict: dict) -> SDFLModel:
     """Rebuild from ``model.config`` and ``model.state_dict()``: the neighbourhood comes from the state
     dict's ``neighbourhood`` buffer (never re-derived); the load is strict."""
-    model = sdfl_model_from_config(config, state_dict.get("neighbourhood"))
+    model = sdfl_model_from_config(config, state_dict.get("neighbourhood"), state_dict.get("initial_shape"))
     model.load_state_dict(state_dict, strict=True)
     return model
 
