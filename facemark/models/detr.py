@@ -40,6 +40,10 @@ baseline, and Appendix A.3 is not in the text we have):
   through the shared final LayerNorm and head, supervised with SLPT's eq. 8 (DETR's auxiliary
   decoding losses are the same idea); landmark queries initialised N(0, 1) as DETR's query
   embeddings (``embedding_init="release"``: SLPT's xavier init).
+* facemark's options for short CPU budgets (off in the paper recipes; the SynthFace CPU preset
+  uses them, docs/slpt.md): ``initial_content="queries"``, ``reference`` (offsets from the
+  training mean face) and ``attention_prior`` (a fixed Gaussian bias on the cross-attention
+  logits around each landmark's reference, as SMCA; the softmax still spans every token).
 
 The model returns :class:`facemark.models.slpt.SLPTOutput` with one stage, so SLPT's loss
 (:func:`facemark.models.slpt.slpt_loss`), per-stage tools and the facemark model contract
