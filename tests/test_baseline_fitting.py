@@ -81,5 +81,5 @@ def test_the_detr_model_fits_a_few_faces(faces):
     model = build_detr(98, backbone="mobilenet_v2_050", patch_size=1, num_layers=2, embed_dim=64, num_heads=4,
                        feedforward_dim=128, dropout=0.0, initial_content="queries", reference=mean_face)
     predictions = fit(model, lambda output, target: slpt_loss(output, target, layout), images, targets,
-                      steps=60, lr=5e-4)
+                      steps=150, lr=1e-3)
     assert_fitted(predictions, targets)

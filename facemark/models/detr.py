@@ -228,11 +228,11 @@ class DETRLandmarks(nn.Module):
         over the T tokens of the map (for inspection, e.g. as SLPT's Fig. 5). Dropout is off in eval()."""
         weights = []
 
-        def record(module, args):
+        def record(module, args, kwargs):
             query, key = args[0], args[1]
-            weights.append(module.attention_weights(query, key, args[3] if len(args) > 3 else None))
+            weights.append(module.attention_weights(query, key, kwargs.get("attention_bias")))
 
-        hooks = [layer.cross_attention.register_forward_pre_hook(record) for layer in self.layers]
+        hooks = [layer.cross_attention.register_forward_pre_hook(record, with_kwargs=True) for layer in self.layers]
         try:
             self(images)
         finally:

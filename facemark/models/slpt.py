@@ -486,7 +486,7 @@ class InherentRelationLayer(nn.Module):
         if self.cross_attention is not None:
             normed = self.norm_before_cross_attention(content)
             content = content + self.dropout(self.cross_attention(normed + queries, memory_keys, memory_values,
-                                                                  cross_attention_bias))
+                                                                  attention_bias=cross_attention_bias))
         normed = self.norm_before_feedforward(content)
         hidden = self.dropout(F.relu(self.feedforward_hidden(normed)))
         return content + self.dropout(self.feedforward_output(hidden))
