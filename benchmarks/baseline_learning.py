@@ -25,11 +25,10 @@ import time
 import numpy as np
 import torch
 
-from facemark.data.transforms import CropConvention
+from facemark.data.transforms import AUGMENTATION_PRESETS, CropConvention
 from facemark.engine.config import load_config
 from facemark.engine.data import CropDataset, config_splits, training_shapes
 from facemark.engine.methods import METHODS, compute_method_statistics
-from facemark.engine.train import _augmentation
 
 
 def inter_ocular_errors(predictions: torch.Tensor, targets: torch.Tensor, inter_ocular) -> torch.Tensor:
@@ -74,7 +73,10 @@ def main() -> None:
     statistics = compute_method_statistics(method, shapes, layout, config.model.options)
     model = method.build_model(config.model.backbone, layout, statistics, crop.size, **config.model.options)
     loss_function = method.build_loss(layout, statistics, crop.size, **config.loss.options)
-    train_data = CropDataset(train_set.records, layout, crop, augmentation=_augmentation(config), seed=args.seed)
+    if config.augmentation.overrides:
+        parser.error("augmentation.overrides are not supported here; pick a preset (augmentation.preset=...)")
+    augmentation = AUGMENTATION_PRESETS[config.augmentation.preset]()
+    train_data = CropDataset(train_set.records, layout, crop, augmentation=augmentation, seed=args.seed)
     test_data = CropDataset(test_set.records[: args.test_faces], layout, crop)
     test_images = torch.stack([test_data[i]["image"] for i in range(len(test_data))])
     test_targets = torch.stack([test_data[i]["target"] for i in range(len(test_data))])
