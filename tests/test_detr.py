@@ -171,7 +171,8 @@ def test_size_and_compute_match_slpt_table_8():
     assert round(report.multiply_adds / 1e9, 2) == 4.26, report.multiply_adds
 
 
-def test_onnx_export_matches_torch(tmp_path):
+@pytest.mark.parametrize("cpu_preset_options", [False, True], ids=["paper", "reference_and_attention_prior"])
+def test_onnx_export_matches_torch(tmp_path, cpu_preset_options):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from facemark.data.transforms import CropConvention
@@ -180,7 +181,13 @@ def test_onnx_export_matches_torch(tmp_path):
 
     crop = CropConvention("landmarks", 1.2, 64)
     torch.manual_seed(0)
-    model = build_detr(98, backbone="mobilenet_v2_050", patch_size=1, **SMALL).eval()  # 16 x 16 tokens at 64 px
+    options = dict(SMALL)
+    if cpu_preset_options:  # the CPU preset's options: offsets from a mean face, the attention prior
+        options.update(initial_content="queries", reference=torch.rand(98, 2) * 0.6 + 0.2, attention_prior=0.1)
+    model = build_detr(98, backbone="mobilenet_v2_050", patch_size=1, **options).eval()  # 16 x 16 tokens at 64 px
+    if cpu_preset_options:
+        with torch.no_grad():  # the head starts at zero; give the image a say in the output
+            model.prediction_head.weight.normal_(0, 0.5)
     result = export_model(model, tmp_path / "detr.onnx", "onnx", layout="wflw98", crop_convention=crop)
     assert result["max_difference_px"] < 1e-3
     crops = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)).numpy()
