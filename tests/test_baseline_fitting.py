@@ -6,6 +6,9 @@ A few faces and a few dozen Adam steps, so each test takes seconds on a 2-core C
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +16,9 @@ from engine_fixtures import one_thread  # noqa: F401 (autouse fixture)
 from facemark.data import load_dataset
 from facemark.data.synthface import generate_dataset
 from facemark.data.transforms import CropConvention
+from facemark.engine.config import load_config
 from facemark.engine.data import CropDataset
+from facemark.engine.methods import METHODS
 from facemark.layouts import get_layout
 from facemark.models.detr import build_detr
 from facemark.models.heatmap import HeatmapRegression, heatmap_loss
@@ -83,3 +88,17 @@ def test_the_detr_model_fits_a_few_faces(faces):
     predictions = fit(model, lambda output, target: slpt_loss(output, target, layout), images, targets,
                       steps=150, lr=1e-3)
     assert_fitted(predictions, targets)
+
+
+def test_the_cpu_presets_build_the_models_their_docs_describe():
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    layout = get_layout("wflw98")
+    mean_face = {"mean_face": np.full((98, 2), 0.5)}
+    heatmap = load_config(configs / "synthface_heatmap_cpu.yaml")
+    model = METHODS["heatmap"].build_model(heatmap.model.backbone, layout, {}, heatmap.data.crop.size).eval()
+    with torch.no_grad():
+        maps = model(torch.zeros(1, 3, heatmap.data.crop.size, heatmap.data.crop.size)).heatmaps
+    assert maps.shape[-2:] == (32, 32)  # 32 x 32 maps, not 16 x 16
+    detr = load_config(configs / "synthface_detr_cpu.yaml")
+    model = METHODS["detr"].build_model(detr.model.backbone, layout, mean_face, detr.data.crop.size, **detr.model.options)
+    assert model.attention_prior == 0.1 and model.token_grid(torch.zeros(1, 3, 128, 128)) == (16, 16)
