@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facemark.errors import WeightsError
-from facemark.models.hrnet import HRNet, hrnet_w18c, hrnet_w18c_lite
+from facemark.models.hrnet import hrnet_w18c, hrnet_w18c_lite
 from facemark.models.weights import key_listing, read_weights_file, strict_load_problems
 
 __all__ = [
@@ -150,7 +150,8 @@ def heatmap_loss(output: HeatmapOutput, target: torch.Tensor, sigma: float = 1.5
 
 class HeatmapRegression(nn.Module):
     """HRNet with the heatmap head (``backbone``: an :class:`~facemark.models.hrnet.HRNet` whose
-    head has ``num_points`` output channels) and the release's decoding."""
+    head has ``num_points`` output channels, or for ``"mobilenet_v2_050"`` the same head over the
+    MobileNetV2's maps) and the release's decoding."""
 
     def __init__(self, num_points: int, backbone: str = "hrnet_w18c"):
         super().__init__()
