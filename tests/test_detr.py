@@ -101,6 +101,54 @@ def test_a_reference_start_predicts_it_then_offsets_from_it():
         assert not torch.allclose(zeros(images).landmarks, queries(images).landmarks)
 
 
+def test_the_attention_prior_centres_each_landmark_on_its_reference_over_every_token():
+    torch.manual_seed(0)
+    reference = torch.tensor([[0.1, 0.2], [0.5, 0.5], [0.9, 0.7]]).repeat(10, 1)[:29]
+    model = build_detr(29, backbone="mobilenet_v2_050", reference=reference, attention_prior=0.1, **SMALL).eval()
+    bias = model.attention_bias(16, 16)  # a 256 crop: 16 x 16 tokens
+    assert bias.shape == (29, 256) and (bias <= 0).all()
+    # The prior is largest at the token whose centre is nearest the reference, and Gaussian in the distance.
+    nearest = bias.argmax(dim=-1)
+    centres = torch.stack(((nearest % 16 + 0.5) / 16, (nearest // 16 + 0.5) / 16), dim=-1)
+    assert ((centres - reference).abs() <= 1 / 32 + 1e-6).all()
+    assert float(bias[1, 0]) == pytest.approx(-((0.5 - 1 / 32) ** 2 * 2) / (2 * 0.1 ** 2), rel=1e-5)  # token (0, 0)
+    # The softmax still spans the whole map, and the weights are the ones the layers apply.
+    images = torch.randn(2, 3, 256, 256)
+    weights = model.cross_attention_weights(images)
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 2, 2, 29))
+    assert (weights > 0).all()
+    first_layer = weights[:, 0].mean(dim=(0, 1))  # (29, 256): mostly near each reference
+    farthest = bias.argmin(dim=-1)
+    rows = torch.arange(29)
+    assert (first_layer[rows, nearest] > 100 * first_layer[rows, farthest]).all()
+    for layer in model.layers:
+        layer.cross_attention.expose_weights = True  # the explicit softmax path adds the same prior
+    with torch.no_grad():
+        explicit = model(images).landmarks
+    for layer in model.layers:
+        layer.cross_attention.expose_weights = False
+    with torch.no_grad():
+        torch.testing.assert_close(model(images).landmarks, explicit)
+    # Without the option nothing is added (the DETR of the paper recipes).
+    assert build_detr(29, backbone="mobilenet_v2_050", reference=reference, **SMALL).attention_bias(16, 16) is None
+    with pytest.raises(ValueError, match="attention_prior"):
+        build_detr(29, backbone="mobilenet_v2_050", attention_prior=0.1)  # no reference to centre it on
+
+
+def test_an_attention_prior_without_the_mean_face_reference_names_the_config_key():
+    from facemark.engine.config import ConfigError
+    from facemark.engine.methods import METHODS
+    from facemark.layouts import get_layout
+
+    build = METHODS["detr"].build_model
+    options = dict(num_layers=1, embed_dim=32, num_heads=2, feedforward_dim=64, patch_size=1)
+    with pytest.raises(ConfigError, match="'model.options.attention_prior' needs model.options.reference"):
+        build("mobilenet_v2_050", get_layout("cofw29"), {}, 64, attention_prior=0.1, **options)
+    with pytest.raises(ConfigError, match="'model.options.attention_prior': expected a width > 0"):
+        build("mobilenet_v2_050", get_layout("cofw29"), {"mean_face": np.full((29, 2), 0.5)}, 64,
+              reference="mean_face", attention_prior=0, **options)
+
+
 def test_the_loss_is_slpt_eq8_averaged_over_every_layer():
     torch.manual_seed(0)
     model = build_detr(98, backbone="mobilenet_v2_050", patch_size=1, **SMALL)
@@ -123,7 +171,8 @@ def test_size_and_compute_match_slpt_table_8():
     assert round(report.multiply_adds / 1e9, 2) == 4.26, report.multiply_adds
 
 
-def test_onnx_export_matches_torch(tmp_path):
+@pytest.mark.parametrize("cpu_preset_options", [False, True], ids=["paper", "reference_and_attention_prior"])
+def test_onnx_export_matches_torch(tmp_path, cpu_preset_options):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from facemark.data.transforms import CropConvention
@@ -132,7 +181,13 @@ def test_onnx_export_matches_torch(tmp_path):
 
     crop = CropConvention("landmarks", 1.2, 64)
     torch.manual_seed(0)
-    model = build_detr(98, backbone="mobilenet_v2_050", patch_size=1, **SMALL).eval()  # 16 x 16 tokens at 64 px
+    options = dict(SMALL)
+    if cpu_preset_options:  # the CPU preset's options: offsets from a mean face, the attention prior
+        options.update(initial_content="queries", reference=torch.rand(98, 2) * 0.6 + 0.2, attention_prior=0.1)
+    model = build_detr(98, backbone="mobilenet_v2_050", patch_size=1, **options).eval()  # 16 x 16 tokens at 64 px
+    if cpu_preset_options:
+        with torch.no_grad():  # the head starts at zero; give the image a say in the output
+            model.prediction_head.weight.normal_(0, 0.5)
     result = export_model(model, tmp_path / "detr.onnx", "onnx", layout="wflw98", crop_convention=crop)
     assert result["max_difference_px"] < 1e-3
     crops = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)).numpy()

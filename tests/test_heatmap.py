@@ -124,6 +124,17 @@ def test_the_model_follows_the_facemark_contract_for_29_68_98_points(num_points)
     assert torch.equal(output.landmarks, decode_heatmaps(output.heatmaps))
 
 
+def test_the_cpu_backbone_gives_stride_4_maps_and_keeps_the_contract():
+    torch.manual_seed(0)
+    model = HeatmapRegression(68, backbone="mobilenet_v2_050").eval()
+    with torch.no_grad():
+        output = model(torch.randn(2, 3, 128, 128))
+    assert output.heatmaps.shape == (2, 68, 32, 32)  # stride 4, like the HRNet's
+    assert torch.equal(output.landmarks, decode_heatmaps(output.heatmaps))
+    with pytest.raises(ValueError, match="unknown backbone 'resnet34'"):
+        HeatmapRegression(68, backbone="resnet34")
+
+
 # -- the release's checkpoints --------------------------------------------------------------------
 def release_shapes(num_points: int) -> dict[str, tuple[int, ...]]:
     shapes = read_key_list(HRNET_FLD_KEYS)

@@ -160,7 +160,8 @@ def _detr_statistics(shapes: TrainingShapes, layout: Layout, *, reference: str =
 def _detr_model(backbone: str, layout: Layout, statistics: Mapping, image_size: int, *,
                 num_layers: int = 6, patch_size: int = 4, embed_dim: int = 256, num_heads: int = 8,
                 feedforward_dim: int = 1024, dropout: float = 0.1, embedding_init: str = "normal",
-                initial_content: str = "zeros", reference: str = "none") -> nn.Module:
+                initial_content: str = "zeros", reference: str = "none",
+                attention_prior: float | None = None) -> nn.Module:
     from facemark.models.detr import EMBEDDING_INITS, INITIAL_CONTENTS, build_detr
     from facemark.models.slpt import BACKBONES
 
@@ -176,10 +177,19 @@ def _detr_model(backbone: str, layout: Layout, statistics: Mapping, image_size: 
     if initial_content not in INITIAL_CONTENTS:
         raise ConfigError(f"config key 'model.options.initial_content': expected one of {list(INITIAL_CONTENTS)}, "
                           f"got {initial_content!r}")
+    if attention_prior is not None:
+        # The spatial prior of the cross-attention is centred on each landmark's reference point.
+        if isinstance(attention_prior, bool) or not isinstance(attention_prior, (int, float)) or not attention_prior > 0:
+            raise ConfigError(f"config key 'model.options.attention_prior': expected a width > 0 in normalised crop "
+                              f"units (e.g. 0.1) or null, got {attention_prior!r}")
+        if reference != "mean_face":
+            raise ConfigError("config key 'model.options.attention_prior' needs model.options.reference=mean_face "
+                              "(the prior is centred on each landmark's reference point)")
     return build_detr(layout.num_points, backbone=backbone, patch_size=patch_size, num_layers=num_layers,
                       embed_dim=embed_dim, num_heads=num_heads, feedforward_dim=feedforward_dim, dropout=dropout,
                       embedding_init=embedding_init, initial_content=initial_content,
-                      reference=statistics["mean_face"] if reference == "mean_face" else None)
+                      reference=statistics["mean_face"] if reference == "mean_face" else None,
+                      attention_prior=attention_prior)
 
 
 def _detr_loss(layout: Layout, statistics: Mapping, image_size: int, *,

@@ -40,6 +40,10 @@ baseline, and Appendix A.3 is not in the text we have):
   through the shared final LayerNorm and head, supervised with SLPT's eq. 8 (DETR's auxiliary
   decoding losses are the same idea); landmark queries initialised N(0, 1) as DETR's query
   embeddings (``embedding_init="release"``: SLPT's xavier init).
+* facemark's options for short CPU budgets (off in the paper recipes; the SynthFace CPU preset
+  uses them, docs/slpt.md): ``initial_content="queries"``, ``reference`` (offsets from the
+  training mean face) and ``attention_prior`` (a fixed Gaussian bias on the cross-attention
+  logits around each landmark's reference, as SMCA; the softmax still spans every token).
 
 The model returns :class:`facemark.models.slpt.SLPTOutput` with one stage, so SLPT's loss
 (:func:`facemark.models.slpt.slpt_loss`), per-stage tools and the facemark model contract
@@ -105,12 +109,20 @@ class DETRLandmarks(nn.Module):
             Deformable DETR's reference points; SLPT starts its stage 1 from the mean face too).
             facemark's option for short CPU budgets: the first prediction is the mean shape
             instead of points scattered over the crop. Stored as the ``reference`` buffer.
+        attention_prior: None (DETR: the cross-attention logits are the query-key products only) or
+            a width ``s`` in normalised crop units: every layer's cross-attention logit of landmark
+            ``i`` for token ``j`` gets ``-|c_j - r_i|^2 / (2 s^2)``, ``c_j`` the token's centre and
+            ``r_i`` the landmark's reference, a fixed Gaussian prior around the reference as in
+            SMCA (Gao et al., "Fast Convergence of DETR with Spatially Modulated Co-Attention",
+            ICCV 2021). The softmax still spans every token. facemark's option for short CPU
+            budgets (docs/slpt.md): without it each landmark starts reading an average of the
+            whole map, whose image-dependent part is too small to learn from in minutes.
     """
 
     def __init__(self, num_points: int, backbone: str = "hrnet_w18c_lite", patch_size: int = 4, num_layers: int = 6,
                  embed_dim: int = 256, num_heads: int = 8, feedforward_dim: int = 1024, dropout: float = 0.1,
                  embedding_init: str = "normal", initial_content: str = "zeros",
-                 reference: torch.Tensor | None = None):
+                 reference: torch.Tensor | None = None, attention_prior: float | None = None):
         super().__init__()
         checks = [
             ("num_points", num_points >= 2, ">= 2"),
@@ -122,6 +134,8 @@ class DETRLandmarks(nn.Module):
             ("dropout", 0 <= dropout < 1, "in [0, 1)"),
             ("embedding_init", embedding_init in EMBEDDING_INITS, f"one of {list(EMBEDDING_INITS)}"),
             ("initial_content", initial_content in INITIAL_CONTENTS, f"one of {list(INITIAL_CONTENTS)}"),
+            ("attention_prior", attention_prior is None or (attention_prior > 0 and reference is not None),
+             "None, or a width > 0 together with a reference (the prior is centred on it)"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -129,6 +143,7 @@ class DETRLandmarks(nn.Module):
         self.num_points = num_points
         self.patch_size = patch_size
         self.initial_content = initial_content
+        self.attention_prior = None if attention_prior is None else float(attention_prior)
         self.backbone = BACKBONES[backbone]()
         self.token_embedding = nn.Conv2d(self.backbone.out_channels, embed_dim, patch_size, stride=patch_size,
                                          bias=False)
@@ -156,6 +171,10 @@ class DETRLandmarks(nn.Module):
             nn.init.zeros_(self.prediction_head.weight)
             nn.init.zeros_(self.prediction_head.bias)
 
+    def token_grid(self, images: torch.Tensor) -> tuple[int, int]:
+        """Rows and columns of the token grid for ``images`` (the stride-4 map cut into patches)."""
+        return images.shape[-2] // (4 * self.patch_size), images.shape[-1] // (4 * self.patch_size)
+
     def memory(self, images: torch.Tensor) -> torch.Tensor:
         """The decoder's memory (B, T, d): the tokens plus their sine positions, the keys and the
         values of the cross-attention."""
@@ -173,14 +192,28 @@ class DETRLandmarks(nn.Module):
                                              dtype=tokens.dtype)
         return tokens + positions
 
+    def attention_bias(self, grid_height: int, grid_width: int) -> torch.Tensor | None:
+        """The spatial prior added to the cross-attention logits, (N, grid_height * grid_width) in
+        the tokens' row-major order, or None without ``attention_prior``."""
+        if self.attention_prior is None:
+            return None
+        reference = self.reference
+        rows = (torch.arange(grid_height, device=reference.device, dtype=reference.dtype) + 0.5) / grid_height
+        columns = (torch.arange(grid_width, device=reference.device, dtype=reference.dtype) + 0.5) / grid_width
+        centres = torch.stack((columns.view(1, -1).expand(grid_height, grid_width),
+                               rows.view(-1, 1).expand(grid_height, grid_width)), dim=-1).reshape(-1, 2)
+        squared = (reference[:, None, :] - centres[None, :, :]).square().sum(-1)
+        return -squared / (2 * self.attention_prior ** 2)
+
     def forward(self, images: torch.Tensor) -> SLPTOutput:
         memory = self.memory(images)
         content = memory.new_zeros(memory.shape[0], self.num_points, memory.shape[-1])  # T^1 = 0, as SLPT
         if self.initial_content == "queries":
             content = content + self.landmark_queries
+        bias = self.attention_bias(*self.token_grid(images))
         outputs = []
         for layer in self.layers:
-            content = layer(content, self.landmark_queries, memory, memory)
+            content = layer(content, self.landmark_queries, memory, memory, bias)
             outputs.append(content)
         logits = self.prediction_head(self.final_norm(torch.stack(outputs, dim=1)))
         if hasattr(self, "reference"):
@@ -195,11 +228,11 @@ class DETRLandmarks(nn.Module):
         over the T tokens of the map (for inspection, e.g. as SLPT's Fig. 5). Dropout is off in eval()."""
         weights = []
 
-        def record(module, args):
+        def record(module, args, kwargs):
             query, key = args[0], args[1]
-            weights.append(module.attention_weights(query, key))
+            weights.append(module.attention_weights(query, key, kwargs.get("attention_bias")))
 
-        hooks = [layer.cross_attention.register_forward_pre_hook(record) for layer in self.layers]
+        hooks = [layer.cross_attention.register_forward_pre_hook(record, with_kwargs=True) for layer in self.layers]
         try:
             self(images)
         finally:
@@ -211,9 +244,10 @@ class DETRLandmarks(nn.Module):
 def build_detr(num_points: int, backbone: str = "hrnet_w18c_lite", patch_size: int = 4, num_layers: int = 6,
                embed_dim: int = 256, num_heads: int = 8, feedforward_dim: int = 1024, dropout: float = 0.1,
                embedding_init: str = "normal", initial_content: str = "zeros",
-               reference: torch.Tensor | None = None) -> DETRLandmarks:
+               reference: torch.Tensor | None = None, attention_prior: float | None = None) -> DETRLandmarks:
     """The DETR-style baseline; the defaults are the configuration of SLPT's Table 1 and 8 rows
     (HRNetW18C-lite, 16 x 16 tokens for a 256 crop, 6 layers of SLPT's width)."""
     return DETRLandmarks(num_points, backbone=backbone, patch_size=patch_size, num_layers=num_layers,
                          embed_dim=embed_dim, num_heads=num_heads, feedforward_dim=feedforward_dim, dropout=dropout,
-                         embedding_init=embedding_init, initial_content=initial_content, reference=reference)
+                         embedding_init=embedding_init, initial_content=initial_content, reference=reference,
+                         attention_prior=attention_prior)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facemark.errors import WeightsError
-from facemark.models.hrnet import HRNet, hrnet_w18c, hrnet_w18c_lite
+from facemark.models.hrnet import hrnet_w18c, hrnet_w18c_lite
 from facemark.models.weights import key_listing, read_weights_file, strict_load_problems
 
 __all__ = [
@@ -61,9 +61,18 @@ __all__ = [
     "load_hrnet_fld",
 ]
 
-# The release's network is the full HRNetV2-W18; the lite one (SLPT's backbone) is offered for
-# quick CPU runs.
-BACKBONES = {"hrnet_w18c": hrnet_w18c, "hrnet_w18c_lite": hrnet_w18c_lite}
+def mobilenet_v2_050_heatmaps(out_channels: int) -> nn.Module:
+    """facemark's half-width MobileNetV2 (the fast SLPT and DETR CPU presets' backbone, not in the
+    paper) with the HRNetV2 landmark head over its C2..C4 maps (:class:`~facemark.models.slpt.MultiScaleFusion`):
+    ``out_channels`` maps at stride 4, like the HRNet's."""
+    from facemark.models.slpt import mobilenet_v2_fused
+
+    return mobilenet_v2_fused(out_channels, width_mult=0.5)
+
+
+# The release's network is the full HRNetV2-W18; the lite one (SLPT's backbone) and the half-width
+# MobileNetV2 of the CPU presets are offered for quick CPU runs.
+BACKBONES = {"hrnet_w18c": hrnet_w18c, "hrnet_w18c_lite": hrnet_w18c_lite, "mobilenet_v2_050": mobilenet_v2_050_heatmaps}
 HEATMAP_STRIDE = 4  # the HRNet head's maps are at the stride-4 branch: 64 x 64 for a 256 crop
 # Keys every released file has (shared/facts/hrnet_fld_wflw_state_dict.txt): the heatmap head's last
 # conv and the third (last) module of stage 4, which only the full HRNetV2-W18 has.
@@ -141,7 +150,8 @@ def heatmap_loss(output: HeatmapOutput, target: torch.Tensor, sigma: float = 1.5
 
 class HeatmapRegression(nn.Module):
     """HRNet with the heatmap head (``backbone``: an :class:`~facemark.models.hrnet.HRNet` whose
-    head has ``num_points`` output channels) and the release's decoding."""
+    head has ``num_points`` output channels, or for ``"mobilenet_v2_050"`` the same head over the
+    MobileNetV2's maps) and the release's decoding."""
 
     def __init__(self, num_points: int, backbone: str = "hrnet_w18c"):
         super().__init__()
@@ -151,7 +161,7 @@ class HeatmapRegression(nn.Module):
             raise ValueError(f"HeatmapRegression: num_points must be a positive integer, got {num_points!r}")
         self.num_points = num_points
         self.backbone_name = backbone
-        self.backbone: HRNet = BACKBONES[backbone](out_channels=num_points)
+        self.backbone: nn.Module = BACKBONES[backbone](out_channels=num_points)
 
     def forward(self, images: torch.Tensor) -> HeatmapOutput:
         heatmaps = self.backbone(images)

@@ -414,16 +414,21 @@ class MultiheadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, -1).transpose(1, 2)
 
-    def attention_weights(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    def attention_weights(self, query: torch.Tensor, key: torch.Tensor,
+                          attention_bias: torch.Tensor | None = None) -> torch.Tensor:
         """The softmax weights (B, heads, queries, keys) that ``forward`` applies (for inspection;
         ``forward`` never materialises them)."""
         d = self.embed_dim
         q = self._split_heads(F.linear(query, self.in_proj_weight[:d], self.in_proj_bias[:d]))
         k = self._split_heads(F.linear(key, self.in_proj_weight[d: 2 * d], self.in_proj_bias[d: 2 * d]))
-        return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+        logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        return torch.softmax(logits if attention_bias is None else logits + attention_bias, dim=-1)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
-        """``key=None`` means key == query (self-attention): q and k are projected in one matmul."""
+    def forward(self, query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor,
+                attention_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``key=None`` means key == query (self-attention): q and k are projected in one matmul.
+        ``attention_bias``: added to the attention logits before the softmax, (queries, keys) or
+        broadcastable to (B, heads, queries, keys); None adds nothing."""
         d = self.embed_dim
         weight, bias = self.in_proj_weight, self.in_proj_bias
         if key is None:
@@ -434,12 +439,16 @@ class MultiheadAttention(nn.Module):
         v = F.linear(value, weight[2 * d:], bias[2 * d:])
         if self.expose_weights:
             q, k = self._split_heads(q), self._split_heads(k)
-            weights = self.weights_tap(torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1))
+            logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+            if attention_bias is not None:
+                logits = logits + attention_bias
+            weights = self.weights_tap(torch.softmax(logits, dim=-1))
             weights = F.dropout(weights, self.dropout, self.training)
             attended = weights @ self._split_heads(v)
         else:
             attended = F.scaled_dot_product_attention(
                 self._split_heads(q), self._split_heads(k), self._split_heads(v),
+                attn_mask=None if attention_bias is None else attention_bias.to(q.dtype),
                 dropout_p=self.dropout if self.training else 0.0,
             )
         batch, _, length, _ = attended.shape
@@ -467,14 +476,17 @@ class InherentRelationLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, content: torch.Tensor, queries: torch.Tensor | None, memory_keys: torch.Tensor | None,
-                memory_values: torch.Tensor | None) -> torch.Tensor:
-        """content T (B, N, d); queries Q (1, N, d); memory keys R + P and values R (B, N, d)."""
+                memory_values: torch.Tensor | None, cross_attention_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """content T (B, N, d); queries Q (1, N, d); memory keys R + P and values R (B, N, d);
+        ``cross_attention_bias`` (N, tokens): added to the cross-attention logits (the DETR-style
+        baseline's spatial prior), None for SLPT."""
         if self.self_attention is not None:
             normed = self.norm_before_self_attention(content)
             content = content + self.dropout(self.self_attention(normed + queries, None, normed))
         if self.cross_attention is not None:
             normed = self.norm_before_cross_attention(content)
-            content = content + self.dropout(self.cross_attention(normed + queries, memory_keys, memory_values))
+            content = content + self.dropout(self.cross_attention(normed + queries, memory_keys, memory_values,
+                                                                  attention_bias=cross_attention_bias))
         normed = self.norm_before_feedforward(content)
         hidden = self.dropout(F.relu(self.feedforward_hidden(normed)))
         return content + self.dropout(self.feedforward_output(hidden))
