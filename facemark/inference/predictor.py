@@ -38,10 +38,11 @@ from facemark.data.transforms import (
     CropConvention,
     crop_matrix,
     crop_to_image,
+    crop_to_tensor,
     denormalise_landmarks,
     hrnet_crop_convention,
-    image_to_tensor,
     landmark_box,
+    normalise_crops,
     slpt_crop_convention,
     square_box,
     warp_image,
@@ -117,6 +118,7 @@ class ModelBundle:
     ``run(batch)`` takes a ``(B, 3, S, S)`` float32 numpy array (normalised as ``crop.normalisation`` says) and
     returns ``(B, N, 2)`` landmarks in normalised crop coordinates (crop pixels / S).
     ``model`` is the torch module (None for ONNX Runtime and TorchScript files).
+    ``device``: where a torch model runs (:meth:`run_crops` normalises there); None for ONNX Runtime.
     """
 
     run: Callable[[np.ndarray], np.ndarray]
@@ -126,6 +128,18 @@ class ModelBundle:
     backend: str
     model: nn.Module | None = None
     extra: dict = field(default_factory=dict)
+    device: torch.device | None = None
+    module: Callable | None = None  # what runs on ``device``: the model or the TorchScript program
+
+    def run_crops(self, crops: torch.Tensor) -> np.ndarray:
+        """``run`` on ``(B, 3, S, S)`` uint8 RGB crops: a torch model gets them as uint8 on its
+        device and normalised there (:func:`~facemark.data.transforms.normalise_crops`, the
+        same numbers as on the CPU); ONNX Runtime gets them normalised on the CPU."""
+        if self.module is None:
+            return self.run(normalise_crops(crops, self.crop.normalisation).numpy())
+        with torch.inference_mode():
+            output = self.module(normalise_crops(crops.to(self.device), self.crop.normalisation))
+        return _landmarks_array(output)
 
 
 def _inspect_weights(path: str | Path) -> tuple[str, dict | None]:
@@ -170,12 +184,17 @@ def weights_kind(path: str | Path) -> str:
     return _inspect_weights(path)[0]
 
 
+def _landmarks_array(output) -> np.ndarray:
+    """A torch model's output (an object with ``landmarks``, or the tensor) as float64 numpy."""
+    landmarks = output.landmarks if hasattr(output, "landmarks") else output
+    return landmarks.float().cpu().numpy().astype(np.float64)
+
+
 def _torch_runner(model: nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             output = model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device))
-        landmarks = output.landmarks if hasattr(output, "landmarks") else output
-        return landmarks.float().cpu().numpy().astype(np.float64)
+        return _landmarks_array(output)
 
     return run
 
@@ -183,7 +202,8 @@ def _torch_runner(model: nn.Module, device: torch.device) -> Callable[[np.ndarra
 def _torch_bundle(model: nn.Module, layout: Layout, crop: CropConvention, description: str, device: str) -> ModelBundle:
     device = torch.device(device)
     model = model.to(device).eval()
-    return ModelBundle(_torch_runner(model, device), layout, crop, description, "torch", model)
+    return ModelBundle(_torch_runner(model, device), layout, crop, description, "torch", model, device=device,
+                       module=model)
 
 
 def _load_torch_weights(weights, device: str, layout, crop_convention) -> ModelBundle:
@@ -315,7 +335,8 @@ def load_weights(
             metadata = json.loads(extra[METADATA_KEY + ".json"])
             file_layout, file_crop = _metadata_bundle(metadata, Path(weights))
         model.eval()
-        return ModelBundle(_torch_runner(model, torch.device(device)), file_layout, file_crop, f"TorchScript ({Path(weights).name})", "torchscript", None, metadata)
+        return ModelBundle(_torch_runner(model, torch.device(device)), file_layout, file_crop, f"TorchScript ({Path(weights).name})",
+                           "torchscript", None, metadata, device=torch.device(device), module=model)
     if kind == "onnx":
         if backend != "onnx":
             raise ValueError(f"{weights}: an ONNX file runs with backend='onnx'")
@@ -524,14 +545,16 @@ class Predictor:
     def _landmarks(self, images: list[np.ndarray], owners: list[int], model_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Crop each face from its box (in the model's box source), run the model, map back."""
         size = self.crop.size
-        matrices, crop_boxes, tensors = [], [], []
+        matrices, crop_boxes, crops = [], [], []
         for owner, box in zip(owners, model_boxes):
             crop_box = square_box(box, self.crop.enlarge, where=f"face box {np.round(box, 2).tolist()}")
             matrix = crop_matrix(crop_box, size)
-            tensors.append(image_to_tensor(warp_image(images[owner], matrix, size), self.crop.normalisation).numpy())
+            crops.append(crop_to_tensor(warp_image(images[owner], matrix, size)))
             matrices.append(matrix)
             crop_boxes.append(np.asarray(crop_box.corners()))
-        normalised = self.predict_crops(np.stack(tensors))
+        crops = torch.stack(crops)  # uint8: normalised where the model runs (ModelBundle.run_crops)
+        normalised = np.concatenate([self.bundle.run_crops(crops[start : start + self.batch_size])
+                                     for start in range(0, len(crops), self.batch_size)])
         if normalised.shape[1:] != (self.layout.num_points, 2):
             raise RuntimeError(f"Predictor: the model returned shape {normalised.shape}, expected (B, {self.layout.num_points}, 2)")
         landmarks = crop_to_image(denormalise_landmarks(normalised, size), np.stack(matrices))
