@@ -20,7 +20,7 @@ from facemark.data import load_dataset
 from facemark.data.transforms import CropConvention
 from facemark.engine.checkpoint import load_checkpoint
 from facemark.engine.config import ConfigError, load_config
-from facemark.engine.data import CropDataset, EpochSampler, carve_validation, training_shapes
+from facemark.engine.data import CropDataset, EpochSampler, carve_validation, training_shapes, worker_init
 from facemark.engine.evaluate import evaluate, load_predictions, save_predictions, score
 from facemark.engine.train import TrainingDiverged, train
 
@@ -93,7 +93,19 @@ def test_augmented_samples_depend_on_seed_epoch_and_index_only(fixture_root):
         assert torch.equal(a, b)
 
 
-def test_persistent_workers_draw_each_epochs_augmentations(fixture_root, tmp_path):
+@pytest.fixture
+def no_opencv_pool():
+    """OpenCV's thread pool does not survive fork (a forked loader worker that inherits a used pool
+    hangs in it, see facemark.inference.batch): none while these tests fork workers."""
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    yield
+    cv2.setNumThreads(threads)
+
+
+def test_persistent_workers_draw_each_epochs_augmentations(fixture_root, tmp_path, no_opencv_pool):
     from facemark.data.transforms import slpt_augmentation
 
     dataset = load_dataset("wflw", fixture_root, "train")
@@ -104,6 +116,7 @@ def test_persistent_workers_draw_each_epochs_augmentations(fixture_root, tmp_pat
     def note_start(worker_id):
         with started.open("a") as file:
             file.write(f"{os.getpid()}\n")
+        worker_init(worker_id)  # one OpenCV thread: a pool inherited through fork would hang
 
     loader = torch.utils.data.DataLoader(samples, batch_size=2, sampler=sampler, num_workers=1, persistent_workers=True,
                                          worker_init_fn=note_start)
@@ -119,14 +132,16 @@ def test_persistent_workers_draw_each_epochs_augmentations(fixture_root, tmp_pat
     del loader
 
 
-def test_training_workers_persist_and_train_as_without_workers(fixture_root, tmp_path, monkeypatch):
+def test_training_workers_persist_and_train_as_without_workers(fixture_root, tmp_path, monkeypatch, no_opencv_pool):
     import facemark.engine.train as training
 
     started = tmp_path / "started"
+    worker_init = training.worker_init
 
     def note_start(worker_id):
         with started.open("a") as file:
             file.write(f"{os.getpid()}\n")
+        worker_init(worker_id)  # one OpenCV thread: a pool inherited through fork would hang
 
     monkeypatch.setattr(training, "worker_init", note_start)
     sgd = "optim.optimizer=sgd"  # see test_channels_last_training_trains_the_same_model
