@@ -561,11 +561,12 @@ def _build_loader(run: _Run) -> None:
         raise ConfigError(f"the training split gives {len(run.sampler)} faces per process, fewer than one batch of "
                           f"{batch_size}: lower optim.batch_size")
     _warn_small_batch_norm_batch(config, context, run.model, run.logger)
-    # Workers live for the whole run (persistent): no process start and dataset copy per epoch.
-    # The epoch reaches them with each index (EpochSampler), so every epoch draws new
-    # augmentations all the same. 4 batches ready per worker (default 2): uint8 crops, 4 x 32 x
+    # data.persistent_workers: workers live for the whole run, no process start and dataset copy per
+    # epoch. The epoch reaches them with each index (EpochSampler), so every epoch draws new
+    # augmentations either way. 4 batches ready per worker (default 2): uint8 crops, 4 x 32 x
     # 192 KiB = 24 MiB per worker at 256 px, absorb a slow batch (a large image, a busy core).
-    workers = {"prefetch_factor": TRAIN_PREFETCH_FACTOR, "persistent_workers": True} if data.workers > 0 else {}
+    workers = ({"prefetch_factor": TRAIN_PREFETCH_FACTOR, "persistent_workers": data.persistent_workers}
+               if data.workers > 0 else {})
     run.loader = torch.utils.data.DataLoader(
         run.train_data, batch_size=batch_size, sampler=EpochSampler(run.sampler), num_workers=data.workers,
         drop_last=True, worker_init_fn=worker_init, pin_memory=context.device.type == "cuda",
