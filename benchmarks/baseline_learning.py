@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from facemark.data.transforms import AUGMENTATION_PRESETS, CropConvention
+from facemark.data.transforms import AUGMENTATION_PRESETS, CropConvention, normalise_crops
 from facemark.engine.config import load_config
 from facemark.engine.data import CropDataset, config_splits, training_shapes
 from facemark.engine.methods import METHODS, compute_method_statistics
@@ -78,7 +78,7 @@ def main() -> None:
     augmentation = AUGMENTATION_PRESETS[config.augmentation.preset]()
     train_data = CropDataset(train_set.records, layout, crop, augmentation=augmentation, seed=args.seed)
     test_data = CropDataset(test_set.records[: args.test_faces], layout, crop)
-    test_images = torch.stack([test_data[i]["image"] for i in range(len(test_data))])
+    test_images = normalise_crops(torch.stack([test_data[i]["image"] for i in range(len(test_data))]), crop.normalisation)
     test_targets = torch.stack([test_data[i]["target"] for i in range(len(test_data))])
 
     mean_shape = torch.as_tensor(shapes.crop.mean(axis=0), dtype=torch.float32).expand_as(test_targets)
@@ -109,7 +109,8 @@ def main() -> None:
         order = rng.permutation(len(train_data))
         for first in range(0, len(order) - batch_size + 1, batch_size):
             batch = [train_data[int(i)] for i in order[first: first + batch_size]]
-            loss = loss_function(model(torch.stack([b["image"] for b in batch])), torch.stack([b["target"] for b in batch]))
+            images = normalise_crops(torch.stack([b["image"] for b in batch]), crop.normalisation)
+            loss = loss_function(model(images), torch.stack([b["target"] for b in batch]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -104,7 +104,7 @@ def check_loader(quick: bool) -> list[dict]:
     """The training loader alone on a SynthFace dataset written to a temporary folder."""
     from facemark.data import load_dataset
     from facemark.data.synthface import generate_dataset
-    from facemark.engine.data import CropDataset, worker_init
+    from facemark.engine.data import CropDataset, model_input, worker_init
     from facemark.data.transforms import AugmentationConfig, slpt_crop_convention
 
     rows = []
@@ -122,7 +122,7 @@ def check_loader(quick: bool) -> list[dict]:
                 next(iterator)  # workers started
                 start, images = time.perf_counter(), 0
                 for batch in iterator:
-                    batch["image"].to("cuda", non_blocking=True)
+                    model_input(batch["image"], dataset.crop, "cuda")  # uint8 copy, normalised on the GPU
                     images += batch["image"].shape[0]
                 torch.cuda.synchronize()
                 rows.append({"check": f"data loader, {workers} workers", "value": images / (time.perf_counter() - start),

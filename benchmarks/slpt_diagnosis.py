@@ -24,7 +24,7 @@ import torch
 from facemark import metrics
 from facemark.data import load_dataset
 from facemark.engine.checkpoint import load_model
-from facemark.engine.data import CropDataset
+from facemark.engine.data import CropDataset, model_input
 from facemark.models.slpt import SLPT
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     dataset = load_dataset(dataset_name, args.data, args.split)
     crops = CropDataset(dataset.records[: args.faces], loaded.layout, loaded.crop)
     samples = [crops[index] for index in range(len(crops))]
-    images = torch.stack([sample["image"] for sample in samples])
+    images = model_input(torch.stack([sample["image"] for sample in samples]), loaded.crop, "cpu")
     target = torch.stack([sample["target"] for sample in samples])
 
     attention_maps: list[torch.Tensor] = []

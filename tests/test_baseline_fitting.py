@@ -15,7 +15,7 @@ import torch
 from engine_fixtures import one_thread  # noqa: F401 (autouse fixture)
 from facemark.data import load_dataset
 from facemark.data.synthface import generate_dataset
-from facemark.data.transforms import CropConvention
+from facemark.data.transforms import CropConvention, normalise_crops
 from facemark.engine.config import load_config
 from facemark.engine.data import CropDataset
 from facemark.engine.methods import METHODS
@@ -36,7 +36,8 @@ def faces(tmp_path_factory) -> tuple[torch.Tensor, torch.Tensor]:
     dataset = load_dataset("wflw", root, "train")
     crops = CropDataset(dataset.records, dataset.layout, CropConvention(box_source="landmarks", enlarge=1.25, size=CROP))
     items = [crops[index] for index in range(len(crops))]
-    return torch.stack([item["image"] for item in items]), torch.stack([item["target"] for item in items])
+    images = normalise_crops(torch.stack([item["image"] for item in items]), crops.crop.normalisation)
+    return images, torch.stack([item["target"] for item in items])
 
 
 def inter_ocular_nme(predictions: torch.Tensor, targets: torch.Tensor) -> float:

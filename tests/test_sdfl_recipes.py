@@ -84,14 +84,33 @@ def test_the_crop_convention_carries_the_normalisation():
 
 
 def test_training_and_evaluation_crops_use_the_convention_normalisation(tmp_path):
-    generate_dataset(tmp_path, 2, 0, seed=0, size=64, format="wflw", progress=False)
-    records = load_dataset("wflw", tmp_path, "train").records
+    from engine_fixtures import TINY_METHODS, TinyRegressor, tiny_config
+
+    generate_dataset(tmp_path / "data", 6, 2, seed=0, size=64, format="wflw", progress=False)
+    records = load_dataset("wflw", tmp_path / "data", "train").records
     layout = get_layout("wflw98")
+    # The loaders hand over the uint8 crop, the same for both conventions...
     zscore = CropDataset(records, layout, CropConvention("landmarks", 1.2, 64, "per_image_zscore_bgr"))[0]["image"]
     imagenet = CropDataset(records, layout, CropConvention("landmarks", 1.2, 64))[0]["image"]
-    np.testing.assert_allclose(zscore.mean(dim=(1, 2)).numpy(), 0.0, atol=1e-5)
-    np.testing.assert_allclose(zscore.std(dim=(1, 2), unbiased=False).numpy(), 1.0, atol=1e-4)
-    assert not torch.allclose(zscore, imagenet)
+    assert zscore.dtype == torch.uint8 and torch.equal(zscore, imagenet)
+    # ... and the model gets it normalised as the run's convention says, in training steps and in validation.
+    seen = []
+
+    def record(module, args):
+        if isinstance(module, TinyRegressor):
+            seen.append((module.training, args[0].detach().clone()))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        train(tiny_config(tmp_path / "data", tmp_path / "run", "data.crop.normalisation=per_image_zscore_bgr",
+                          "optim.epochs=1"), methods=TINY_METHODS)
+    finally:
+        handle.remove()
+    assert {training for training, _ in seen} == {True, False}
+    for _, images in seen:
+        assert images.dtype == torch.float32
+        np.testing.assert_allclose(images.mean(dim=(2, 3)).numpy(), 0.0, atol=1e-5)
+        np.testing.assert_allclose(images.std(dim=(2, 3), unbiased=False).numpy(), 1.0, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------

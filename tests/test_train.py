@@ -20,7 +20,7 @@ from facemark.data import load_dataset
 from facemark.data.transforms import CropConvention
 from facemark.engine.checkpoint import load_checkpoint
 from facemark.engine.config import ConfigError, load_config
-from facemark.engine.data import CropDataset, carve_validation, training_shapes
+from facemark.engine.data import CropDataset, EpochSampler, carve_validation, training_shapes, worker_init
 from facemark.engine.evaluate import evaluate, load_predictions, save_predictions, score
 from facemark.engine.train import TrainingDiverged, train
 
@@ -91,6 +91,89 @@ def test_augmented_samples_depend_on_seed_epoch_and_index_only(fixture_root):
         return [batch["target"] for batch in loader]
     for a, b in zip(batches(0), batches(2)):
         assert torch.equal(a, b)
+
+
+@pytest.fixture
+def no_opencv_pool():
+    """OpenCV's thread pool does not survive fork (a forked loader worker that inherits a used pool
+    hangs in it, see facemark.inference.batch): none while these tests fork workers."""
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    yield
+    cv2.setNumThreads(threads)
+
+
+def ran_in_own_process(request) -> bool:
+    """Run the calling test in a pytest process of its own and return True (the caller returns),
+    or return False when this IS that process. Persistent loader workers were seen to wait forever
+    when their test ran after others in one process (docs/training.md, "Data loading")."""
+    import subprocess
+    import sys
+
+    if os.environ.get("FACEMARK_OWN_PROCESS_TEST") == request.node.nodeid:
+        return False
+    environment = dict(os.environ, FACEMARK_OWN_PROCESS_TEST=request.node.nodeid)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", request.node.nodeid],
+                            cwd=request.config.rootpath, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout, result.stdout[-2000:]
+    return True
+
+
+def test_persistent_workers_draw_each_epochs_augmentations(fixture_root, tmp_path, no_opencv_pool, request):
+    if ran_in_own_process(request):
+        return
+    from facemark.data.transforms import slpt_augmentation
+
+    dataset = load_dataset("wflw", fixture_root, "train")
+    samples = CropDataset(dataset.records, dataset.layout, CropConvention(size=64), slpt_augmentation(), seed=1)
+    sampler = EpochSampler(torch.utils.data.DistributedSampler(samples, num_replicas=1, rank=0, shuffle=True, seed=1))
+    started = tmp_path / "started"
+
+    def note_start(worker_id):
+        with started.open("a") as file:
+            file.write(f"{os.getpid()}\n")
+        worker_init(worker_id)  # one OpenCV thread: a pool inherited through fork would hang
+
+    loader = torch.utils.data.DataLoader(samples, batch_size=2, sampler=sampler, num_workers=1, persistent_workers=True,
+                                         worker_init_fn=note_start)
+    seen = {}
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        seen[epoch] = {int(i): image for batch in loader for i, image in zip(batch["index"], batch["image"])}
+    assert len(started.read_text().split()) == 1  # one worker process served both epochs
+    for index in range(len(samples)):
+        for epoch in (0, 1):  # what the main process draws for (epoch, index)
+            assert torch.equal(seen[epoch][index], samples[(epoch, index)]["image"]), (epoch, index)
+        assert not torch.equal(seen[0][index], seen[1][index]), index
+    del loader
+
+
+def test_training_workers_persist_and_train_as_without_workers(fixture_root, tmp_path, monkeypatch, no_opencv_pool,
+                                                              request):
+    if ran_in_own_process(request):
+        return
+    import facemark.engine.train as training
+
+    started = tmp_path / "started"
+    worker_init = training.worker_init
+
+    def note_start(worker_id):
+        with started.open("a") as file:
+            file.write(f"{os.getpid()}\n")
+        worker_init(worker_id)  # one OpenCV thread: a pool inherited through fork would hang
+
+    monkeypatch.setattr(training, "worker_init", note_start)
+    sgd = "optim.optimizer=sgd"  # see test_channels_last_training_trains_the_same_model
+    with_workers = train(tiny_config(fixture_root, tmp_path / "workers", sgd, "optim.epochs=3", "data.workers=1",
+                                     "data.persistent_workers=true"),
+                         methods=TINY_METHODS).model
+    assert len(started.read_text().split()) == 1  # one loader worker for the 3 epochs
+    reference = train(tiny_config(fixture_root, tmp_path / "main", sgd, "optim.epochs=3"), methods=TINY_METHODS).model
+    for key, value in reference.state_dict().items():
+        assert torch.equal(with_workers.state_dict()[key], value), key
 
 
 def test_select_on_test_is_warned_about(fixture_root, tmp_path):

@@ -23,12 +23,14 @@ from facemark.data.transforms import (
     apply_augmentation,
     crop_matrix,
     crop_to_image,
+    crop_to_tensor,
     denormalise_landmarks,
     face_box,
     hrnet_crop_convention,
     image_to_tensor,
     invert_affine,
     landmark_box,
+    normalise_crops,
     normalise_landmarks,
     prepare_sample,
     record_face_box,
@@ -409,6 +411,53 @@ def test_image_to_tensor_and_normalised_units():
     points = np.array([[0.0, 128.0], [256.0, 64.0]])
     np.testing.assert_allclose(normalise_landmarks(points, 256), [[0, 0.5], [1, 0.25]])
     np.testing.assert_allclose(denormalise_landmarks(normalise_landmarks(points, 256), 256), points)
+
+
+def _float_path(image: np.ndarray, normalisation: str) -> np.ndarray:
+    """The model input as it was computed on the CPU before crops stayed uint8 until the device:
+    float32 ImageNet RGB, or the float64 per-channel z-score of the BGR crop."""
+    if normalisation == "imagenet_rgb":
+        mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
+        normalised = (image.astype(np.float32) / 255.0 - mean) / std
+    else:
+        pixels = image[:, :, ::-1].astype(np.float64)
+        std = pixels.std(axis=(0, 1))
+        normalised = ((pixels - pixels.mean(axis=(0, 1))) / np.where(std < 1e-6, 1.0, std)).astype(np.float32)
+    return normalised.transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("normalisation", ["imagenet_rgb", "per_image_zscore_bgr"])
+def test_uint8_crops_normalised_as_a_batch_equal_the_float_path(normalisation):
+    rng = np.random.default_rng(3)
+    crops = rng.integers(0, 256, (6, 40, 40, 3), dtype=np.uint8)
+    crops[1] = crops[1] // 40 * 37 + 5  # few distinct values
+    crops[2, :, :, 1] = 200  # a constant channel: divided by 1
+    crops[3, 10:30, 5:25] = 0  # an occluding rectangle
+    expected = np.stack([_float_path(crop, normalisation) for crop in crops])
+    batch = torch.stack([crop_to_tensor(crop) for crop in crops])
+    assert batch.dtype == torch.uint8 and batch.shape == (6, 3, 40, 40)
+    normalised = normalise_crops(batch, normalisation)
+    assert normalised.dtype == torch.float32
+    # At most one float32 rounding step apart (ImageNet: the same operations, so equal; z-score:
+    # exact statistics against numpy's float64 sums); in practice equal for both.
+    difference = np.abs(normalised.numpy() - expected)
+    assert np.all(difference <= np.spacing(np.abs(expected).astype(np.float32)))
+    if normalisation == "imagenet_rgb":
+        assert np.array_equal(normalised.numpy(), expected)
+    assert np.all(normalised.numpy()[2, 1] == 0.0) == (normalisation == "per_image_zscore_bgr")
+    # Channels-last crops (what a channels-last model gets) give the same numbers, channels-last.
+    channels_last = normalise_crops(batch.contiguous(memory_format=torch.channels_last), normalisation)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(channels_last, normalised)
+    # One crop on its own (image_to_tensor) is the same computation.
+    assert torch.equal(image_to_tensor(crops[4], normalisation), normalised[4])
+
+
+def test_normalise_crops_refuses_float_input():
+    with pytest.raises(ValueError, match=r"normalise_crops: crops must be a \(B, 3, S, S\) uint8 RGB tensor, got torch.float32"):
+        normalise_crops(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="normalisation must be one of"):
+        normalise_crops(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "zscore")
 
 
 def test_bad_input_is_a_clear_error():

@@ -63,6 +63,8 @@ __all__ = [
     "normalise_landmarks",
     "denormalise_landmarks",
     "image_to_tensor",
+    "crop_to_tensor",
+    "normalise_crops",
     "ClippedNormal",
     "Uniform",
     "AugmentationConfig",
@@ -337,32 +339,64 @@ def denormalise_landmarks(points: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(points, dtype=np.float64) * size
 
 
-def image_to_tensor(image: np.ndarray, normalisation: str = "imagenet_rgb") -> torch.Tensor:
-    """``(S, S, 3)`` uint8 RGB crop -> ``(3, S, S)`` float32 model input.
+def crop_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(S, S, 3)`` uint8 RGB crop -> ``(3, S, S)`` uint8 tensor, channels R, G, B.
+
+    What data loaders hand over: a quarter of the bytes of the float32 input, normalised where the
+    model runs (:func:`normalise_crops`, on the model's device)."""
+    _check_image(image, "crop_to_tensor")
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def normalise_crops(crops: torch.Tensor, normalisation: str = "imagenet_rgb") -> torch.Tensor:
+    """``(B, 3, S, S)`` uint8 RGB crops -> ``(B, 3, S, S)`` float32 model input, computed on the
+    crops' device and in their memory format (channels-last stays channels-last).
 
     ``normalisation`` (:data:`INPUT_NORMALISATIONS`):
 
-    - ``"imagenet_rgb"``: channels R, G, B, ``(pixel / 255 - IMAGENET_MEAN) / IMAGENET_STD``;
+    - ``"imagenet_rgb"``: channels R, G, B, ``(pixel / 255 - IMAGENET_MEAN) / IMAGENET_STD`` in
+      float32, in that order of operations;
     - ``"per_image_zscore_bgr"``: channels B, G, R (the order OpenCV reads images in), each
       standardised with the mean and standard deviation (population, over the S x S pixels) of
       that channel of this crop; a channel whose deviation is below 1e-6 (in 0..255 pixel units)
       is divided by 1 instead. This is the SDFL release's input (``datasets/align_transforms.py``
       ``Normalize``, applied after augmentation, so an occluding rectangle counts in the statistics).
+      The statistics are exact: sums of integer pixels are exact in float64 and the variance is
+      ``(n * sum(x^2) - sum(x)^2) / n^2`` with an int64 numerator, so they do not depend on the
+      order in which a device sums (the same on CPU and GPU), then ``(x - mean) / std`` in float64.
     """
-    _check_image(image, "image_to_tensor")
+    if not isinstance(crops, torch.Tensor) or crops.dtype != torch.uint8 or crops.ndim != 4 or crops.shape[1] != 3:
+        description = f"{crops.dtype} tensor of shape {tuple(crops.shape)}" if isinstance(crops, torch.Tensor) else type(crops).__name__
+        raise ValueError(f"normalise_crops: crops must be a (B, 3, S, S) uint8 RGB tensor, got {description}")
+    device = crops.device
     if normalisation == "imagenet_rgb":
-        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-        std = np.asarray(IMAGENET_STD, dtype=np.float32)
-        normalised = (image.astype(np.float32) / 255.0 - mean) / std
-    elif normalisation == "per_image_zscore_bgr":
-        pixels = image[:, :, ::-1].astype(np.float64)
-        mean = pixels.mean(axis=(0, 1))
-        std = pixels.std(axis=(0, 1))
-        std = np.where(std < 1e-6, 1.0, std)
-        normalised = ((pixels - mean) / std).astype(np.float32)
-    else:
+        # Tensors, not Python numbers: CUDA turns a division by a Python scalar into a
+        # multiplication by its reciprocal, which rounds differently from the CPU's division.
+        scale = torch.full((1, 1, 1, 1), 255.0, dtype=torch.float32, device=device)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        return (crops.float() / scale - mean) / std
+    if normalisation == "per_image_zscore_bgr":
+        pixels = crops.flip(1).double()
+        count = crops.shape[2] * crops.shape[3]
+        # Exact while count * 255^2 < 2^53 and count^2 * 255^2 < 2^63 (crops up to ~3,400 px a side).
+        total = pixels.sum(dim=(2, 3), keepdim=True)
+        squares = pixels.square().sum(dim=(2, 3), keepdim=True)
+        spread = count * squares.long() - total.long().square()
+        mean = total / count
+        std = (spread.double() / (count * count)).sqrt()
+        std = torch.where(std < 1e-6, torch.ones_like(std), std)
+        return ((pixels - mean) / std).float()
+    raise ValueError(f"normalise_crops: normalisation must be one of {INPUT_NORMALISATIONS}, got {normalisation!r}")
+
+
+def image_to_tensor(image: np.ndarray, normalisation: str = "imagenet_rgb") -> torch.Tensor:
+    """``(S, S, 3)`` uint8 RGB crop -> ``(3, S, S)`` float32 model input, normalised as
+    :func:`normalise_crops` says (one crop, on the CPU)."""
+    if normalisation not in INPUT_NORMALISATIONS:
         raise ValueError(f"image_to_tensor: normalisation must be one of {INPUT_NORMALISATIONS}, got {normalisation!r}")
-    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+    _check_image(image, "image_to_tensor")
+    return normalise_crops(crop_to_tensor(image)[None], normalisation)[0]
 
 
 # ------------------------------------------------------------------------------------------------

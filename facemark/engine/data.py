@@ -3,12 +3,16 @@
 One pipeline for every use: :class:`CropDataset` crops each record with the run's
 :class:`~facemark.data.transforms.CropConvention` through
 :func:`~facemark.data.transforms.prepare_sample` (augmented for training, plain for evaluation) and
-returns the normalised image (the crop convention's input normalisation), the target in normalised crop coordinates and the 2x3
-original -> crop matrix that maps predictions back to the original image.
+returns the crop as uint8 RGB, the target in normalised crop coordinates and the 2x3
+original -> crop matrix that maps predictions back to the original image. :func:`model_input`
+moves a batch of crops to the model's device and normalises it there (the crop convention's
+input normalisation): a quarter of the bytes of float32 crops cross from the loader to the device.
 
 Reproducibility: the augmentation of sample ``i`` in epoch ``e`` is drawn from
 ``np.random.default_rng([seed, e, i])``. It depends neither on the worker process that loads it
-nor on how many workers there are, so a resumed run sees exactly the same crops.
+nor on how many workers there are, so a resumed run sees exactly the same crops. The epoch travels
+with each index (:class:`EpochSampler` hands out ``(epoch, index)``), so worker processes that
+live for the whole run (``persistent_workers``) draw each epoch's augmentations too.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from facemark.data.transforms import (
     AugmentationConfig,
     CropConvention,
     crop_matrix,
-    image_to_tensor,
+    crop_to_tensor,
+    normalise_crops,
     normalise_landmarks,
     prepare_sample,
     record_face_box,
@@ -31,8 +36,8 @@ from facemark.data.transforms import (
 from facemark.engine.methods import TrainingShapes
 from facemark.layouts import Layout
 
-__all__ = ["CropDataset", "carve_validation", "split_by_image", "config_splits", "write_splits_file", "check_splits_file",
-           "SPLITS_FILE", "listed_split", "training_shapes", "worker_init"]
+__all__ = ["CropDataset", "EpochSampler", "model_input", "carve_validation", "split_by_image", "config_splits",
+           "write_splits_file", "check_splits_file", "SPLITS_FILE", "listed_split", "training_shapes", "worker_init"]
 
 # The file in a run folder that lists the faces of each split (identifiers), so that evaluation
 # of the run's checkpoints can check it scores the same test faces.
@@ -40,15 +45,17 @@ SPLITS_FILE = "splits.json"
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Face crops of ``records`` as model inputs.
+    """Face crops of ``records``, for :func:`model_input`.
 
-    Each item is a dict: ``image`` (3, S, S) float32 (normalised as ``crop.normalisation`` says), ``target`` (N, 2)
-    float32 in normalised crop coordinates (in the crop's point order: flipped samples are
-    relabelled with the layout's flip permutation), ``matrix`` (2, 3) float64 original -> crop,
-    ``index`` the position in ``records``.
+    Each item is a dict: ``image`` (3, S, S) uint8 RGB (the crop, not yet normalised),
+    ``target`` (N, 2) float32 in normalised crop coordinates (in the crop's point order: flipped
+    samples are relabelled with the layout's flip permutation), ``matrix`` (2, 3) float64
+    original -> crop, ``index`` the position in ``records``.
 
-    ``augmentation=None`` is the evaluation path (crop only). Call :meth:`set_epoch` before each
-    training epoch so every epoch draws new augmentations.
+    ``augmentation=None`` is the evaluation path (crop only). Items are looked up by ``index``
+    (augmented as in the epoch of the last :meth:`set_epoch`) or by ``(epoch, index)``, what
+    :class:`EpochSampler` hands out: the epoch then comes with the index, also into worker
+    processes that hold an old copy of the dataset.
     """
 
     def __init__(self, records: Sequence[FaceRecord], layout: Layout, crop: CropConvention,
@@ -66,22 +73,57 @@ class CropDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
         record = self.records[index]
         rng = None
         if self.augmentation is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            rng = np.random.default_rng([self.seed, epoch, index])
         sample = prepare_sample(
             record.load_image(), record.landmarks, self.layout, record_face_box(record, self.crop),
             size=self.crop.size, augmentation=self.augmentation, rng=rng,
         )
         target = normalise_landmarks(sample.landmarks, self.crop.size)
         return {
-            "image": image_to_tensor(sample.image, self.crop.normalisation),
+            "image": crop_to_tensor(sample.image),
             "target": torch.from_numpy(target.astype(np.float32)),
             "matrix": torch.from_numpy(sample.matrix),
-            "index": int(index),
+            "index": index,
         }
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """``(epoch, index)`` for each index of ``sampler`` (e.g. a ``DistributedSampler``), the epoch
+    being the one of the last :meth:`set_epoch` (which is passed on to ``sampler``).
+
+    The sampler runs in the main process each time a loader's iteration starts, also when its
+    workers are persistent; the dataset copies in the workers do not see ``set_epoch`` calls, so
+    the epoch reaches them with the indices."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, index) for index in self.sampler)
+
+
+def model_input(images: torch.Tensor, crop: CropConvention, device: torch.device | str,
+                memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:
+    """A loader's ``(B, 3, S, S)`` uint8 crops as the model's float32 input on ``device``: copied as
+    uint8 (in ``memory_format``), then normalised there as ``crop.normalisation`` says
+    (:func:`~facemark.data.transforms.normalise_crops`; the same numbers as normalising on the CPU)."""
+    images = images.to(device, non_blocking=True, memory_format=memory_format)
+    return normalise_crops(images, crop.normalisation)
 
 
 def _image_key(record: FaceRecord) -> str:

@@ -156,7 +156,7 @@ def measure_seconds_per_image(config, device, steps: int) -> float:
 
     from facemark.data import load_dataset
     from facemark.data.transforms import CropConvention
-    from facemark.engine.data import CropDataset, training_shapes, worker_init
+    from facemark.engine.data import CropDataset, model_input, training_shapes, worker_init
     from facemark.engine.methods import METHODS, compute_method_statistics, get_method
     from facemark.engine.train import _augmentation, build_optimizer
 
@@ -185,7 +185,7 @@ def measure_seconds_per_image(config, device, steps: int) -> float:
     start = time.perf_counter()
     for step, batch in enumerate(loader):
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            images = batch["image"].to(device, memory_format=image_format)
+            images = model_input(batch["image"], crop, device, image_format)
             loss = loss_function(model(images), batch["target"].to(device))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -277,7 +277,7 @@ def stage_predictions(model, records, layout, crop, device, batch_size: int = 32
     import torch
 
     from facemark.data.transforms import crop_to_image
-    from facemark.engine.data import CropDataset, worker_init
+    from facemark.engine.data import CropDataset, model_input, worker_init
 
     loader = torch.utils.data.DataLoader(CropDataset(records, layout, crop), batch_size=batch_size, shuffle=False,
                                          num_workers=workers, worker_init_fn=worker_init)
@@ -287,7 +287,7 @@ def stage_predictions(model, records, layout, crop, device, batch_size: int = 32
     try:
         with torch.no_grad():
             for batch in loader:
-                output = model(batch["image"].to(device))
+                output = model(model_input(batch["image"], crop, device))
                 if stages is None:
                     stages = np.full((len(output.stages), len(records), layout.num_points, 2), np.nan)
                 index = batch["index"].numpy()

@@ -27,7 +27,7 @@ from torch import nn
 
 from facemark.data.records import FaceRecord, LandmarkDataset
 from facemark.data.transforms import CropConvention, crop_to_image
-from facemark.engine.data import CropDataset, worker_init
+from facemark.engine.data import CropDataset, model_input, worker_init
 from facemark.layouts import Layout
 from facemark.metrics import EvaluationResults, plot_ced
 
@@ -70,7 +70,7 @@ def predict_landmarks(model: nn.Module, records: Sequence[FaceRecord], layout: L
     model.eval()
     try:
         for batch in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
-            output = model(batch["image"].to(device, non_blocking=True))
+            output = model(model_input(batch["image"], crop, device))
             crop_pixels = output.landmarks.detach().double().cpu().numpy() * crop.size
             predictions[batch["index"].numpy()] = crop_to_image(crop_pixels, batch["matrix"].numpy())
     finally:

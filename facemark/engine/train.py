@@ -52,8 +52,10 @@ from facemark.engine.config import ConfigError, TrainConfig, check_options, conf
 from facemark.engine.data import (
     SPLITS_FILE,
     CropDataset,
+    EpochSampler,
     carve_validation,
     config_splits,
+    model_input,
     training_shapes,
     worker_init,
     write_splits_file,
@@ -559,18 +561,22 @@ def _build_loader(run: _Run) -> None:
         raise ConfigError(f"the training split gives {len(run.sampler)} faces per process, fewer than one batch of "
                           f"{batch_size}: lower optim.batch_size")
     _warn_small_batch_norm_batch(config, context, run.model, run.logger)
-    # 4 batches ready per worker (default 2). Workers are NOT persistent: each epoch's workers get
-    # a copy of the dataset after its set_epoch(), which is how an epoch's augmentations are drawn;
-    # persistent workers would keep the first epoch's.
-    workers = {"prefetch_factor": 4} if data.workers > 0 else {}
+    # data.persistent_workers: workers live for the whole run, no process start and dataset copy per
+    # epoch. The epoch reaches them with each index (EpochSampler), so every epoch draws new
+    # augmentations either way. 4 batches ready per worker (default 2): uint8 crops, 4 x 32 x
+    # 192 KiB = 24 MiB per worker at 256 px, absorb a slow batch (a large image, a busy core).
+    workers = ({"prefetch_factor": TRAIN_PREFETCH_FACTOR, "persistent_workers": data.persistent_workers}
+               if data.workers > 0 else {})
     run.loader = torch.utils.data.DataLoader(
-        run.train_data, batch_size=batch_size, sampler=run.sampler, num_workers=data.workers, drop_last=True,
-        worker_init_fn=worker_init, pin_memory=context.device.type == "cuda",
+        run.train_data, batch_size=batch_size, sampler=EpochSampler(run.sampler), num_workers=data.workers,
+        drop_last=True, worker_init_fn=worker_init, pin_memory=context.device.type == "cuda",
         generator=torch.Generator().manual_seed(config.runtime.seed),  # loaders never draw from the global RNG
         **workers,
     )
 
 
+# Batches each training loader worker keeps ready (PyTorch's default: 2).
+TRAIN_PREFETCH_FACTOR = 4
 # Below this many images per process, BatchNorm statistics are noisy (DDP without SyncBN).
 SMALL_BATCH_NORM_BATCH = 8
 
@@ -599,8 +605,7 @@ def _train_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int) -> dic
     image_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     step_per_batch = scheduler_steps_per_batch(config)
     steps_per_epoch = len(run.loader)
-    run.sampler.set_epoch(epoch)
-    run.train_data.set_epoch(epoch)
+    run.loader.sampler.set_epoch(epoch)  # EpochSampler: the epoch of the augmentations and of the shuffle
     run.train_model.train()
     epoch_start = time.perf_counter()
     # The loss stays on the device: reading it (a host-device synchronisation) happens at log
@@ -614,7 +619,7 @@ def _train_epoch(run: _Run, progress: _Progress, epoch: int, epochs: int) -> dic
     bar = tqdm(run.loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                disable=not (runtime.progress and context.is_main), dynamic_ncols=True, leave=False)
     for step, batch in enumerate(bar):
-        images = batch["image"].to(context.device, non_blocking=True, memory_format=image_format)
+        images = model_input(batch["image"], run.recipe.crop, context.device, image_format)
         targets = batch["target"].to(context.device, non_blocking=True)
         with torch.autocast(device_type=context.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
             output = run.train_model(images)
@@ -909,5 +914,7 @@ def train(config: TrainConfig, resume: bool = False, methods: Mapping[str, Metho
         torch.backends.cudnn.benchmark = previous_switches[1]
         if run is not None and run.writer is not None:
             run.writer.close()
+        if run is not None:
+            run.loader = None  # its persistent worker processes end with it
         _close_logger(logger, handlers)
         cleanup_distributed(context)

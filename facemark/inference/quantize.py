@@ -95,11 +95,14 @@ def calibration_faces(layout: Layout, count: int = DEFAULT_CALIBRATION_COUNT, da
 def face_crops(records: list[FaceRecord], layout: Layout, crop: CropConvention) -> tuple[np.ndarray, np.ndarray]:
     """The model inputs ``(n, 3, S, S)`` float32 of ``records`` (plain evaluation crops) and their
     crop matrices ``(n, 2, 3)`` (original image -> crop)."""
-    from facemark.engine.data import CropDataset
+    import torch
+
+    from facemark.engine.data import CropDataset, model_input
 
     dataset = CropDataset(records, layout, crop)
     items = [dataset[i] for i in range(len(dataset))]
-    return np.stack([item["image"].numpy() for item in items]), np.stack([item["matrix"].numpy() for item in items])
+    crops = model_input(torch.stack([item["image"] for item in items]), crop, "cpu").numpy()
+    return crops, np.stack([item["matrix"].numpy() for item in items])
 
 
 class _CropReader:
