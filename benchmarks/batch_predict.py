@@ -8,9 +8,8 @@ box of each face's landmarks), the fast SLPT preset (``configs/synthface_slpt_fa
 random weights: speed does not depend on them), exported to ONNX (``--backend onnx``) or as a
 facemark checkpoint run in torch (``--backend torch``), on ``--threads`` threads.
 
-1. Images/s of ``facemark predict`` with 1 and 2 ``--workers`` and ``--batch-size`` 1 and 32
-   (at ``--threads``), and the recommended setting (``--workers 1 --batch-size 32`` with the
-   model's default threads: the CPUs less one per worker), against the one-at-a-time path (what ``facemark predict`` did before streaming: decode an
+1. Images/s of ``facemark predict`` with 1 and 2 ``--workers`` and ``--batch-size`` 1 and 32,
+   against the one-at-a-time path (what ``facemark predict`` did before streaming: decode an
    image, ``Predictor.predict`` its faces, keep the result, write every result at the end),
    measured in the same run, before and after the others (the machine's speed drifts).
 2. Peak memory (resident set, ``ru_maxrss``) of a ``facemark predict`` process on
@@ -130,11 +129,9 @@ def run(code: str, *argv) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def streaming(images: Path, weights: Path, boxes: Path, out: Path, threads: int | None, workers: int, batch: int) -> dict:
-    """``facemark predict`` on ``images``; ``threads=None``: without ``--threads`` (its default)."""
+def streaming(images: Path, weights: Path, boxes: Path, out: Path, threads: int, workers: int, batch: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    thread_option = [] if threads is None else ["--threads", threads]
-    return run(STREAMING, "predict", images, "--weights", weights, "--boxes", boxes, "--out", out, *thread_option,
+    return run(STREAMING, "predict", images, "--weights", weights, "--boxes", boxes, "--out", out, "--threads", threads,
                "--workers", workers, "--batch-size", batch, "--no-progress")
 
 
@@ -168,10 +165,6 @@ def speed_table(args, images: Path, weights: Path, boxes: Path) -> None:
     for workers, batch in ((1, 1), (2, 1), (1, 32), (2, 32)):
         measured = streaming(images, weights, boxes, args.work / "out_stream", args.threads, workers, batch)
         rows.append((f"--workers {workers} --batch-size {batch}", measured))
-    # The recommended setting: one worker, batches of 32, and the model's default threads (the
-    # CPUs less one per worker), whatever --threads the other rows use.
-    measured = streaming(images, weights, boxes, args.work / "out_stream", None, 1, 32)
-    rows.append(("--workers 1 --batch-size 32, default threads (recommended)", measured))
     last = run(ONE_AT_A_TIME, images, weights, boxes, args.threads, args.work / "out_one")
     rows.append(("one at a time (after)", last))
     baseline = args.images / ((first["seconds"] + last["seconds"]) / 2)

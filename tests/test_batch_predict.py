@@ -274,28 +274,3 @@ def test_workers_do_not_hang_after_opencv_used_its_threads(tmp_path, model_file)
                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(batch.__file__).parents[2])})
     assert result.returncode == 0, result.stderr
     assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]) == 1
-
-
-def test_workers_cut_the_faces_out_and_leave_the_model_a_cpu(tmp_path, model_file, monkeypatch):
-    # The crops of the first pass are made where the image is decoded: in the worker processes.
-    folder = _images(tmp_path / "photos", 4)
-    cropped_in = tmp_path / "cropped_in"
-    crop_request = Predictor.crop_request
-
-    def noted_crop_request(self, image, request):
-        with cropped_in.open("a") as file:
-            file.write(f"{os.getpid()}\n")
-        return crop_request(self, image, request)
-
-    monkeypatch.setattr(Predictor, "crop_request", noted_crop_request)
-    assert _predict([folder], model_file, tmp_path / "out", "--workers", "1") == 0
-    pids = cropped_in.read_text().split()
-    assert len(pids) == 4 and str(os.getpid()) not in pids
-    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]) == 4
-
-    # The model's threads: --threads when given; with workers, the usable CPUs less one per worker.
-    cpus = len(os.sched_getaffinity(0))
-    assert batch._model_threads(_args("x", "--weights", "w", "--workers", "1")) == max(1, cpus - 1)
-    assert batch._model_threads(_args("x", "--weights", "w", "--workers", "1", "--threads", "3")) == 3
-    assert batch._model_threads(_args("x", "--weights", "w", "--workers", str(cpus + 4))) == 1
-    assert batch._model_threads(_args("x", "--weights", "w")) is None  # no workers: the library's default
