@@ -181,22 +181,11 @@ def _make_predictor(args: argparse.Namespace):
             output_layout="300w68" if args.points == 68 else None,
             passes=args.passes,
             batch_size=args.batch_size,
-            num_threads=_model_threads(args),
+            num_threads=args.threads,
             trust_torchscript=args.trust_torchscript,
         )
     except (FileNotFoundError, ValueError, RuntimeError, TypeError) as error:
         raise _error(str(error)) from None
-
-
-def _model_threads(args: argparse.Namespace) -> int | None:
-    """``--threads``, or when it is not given and ``--workers`` run on the CPU: the CPUs this
-    process may use less one per worker (at least 1), so that the model's threads and the
-    workers do not compete for the same cores (a thread pool that waits for a thread whose core
-    is busy elsewhere loses more than the thread adds). None: the library's default."""
-    if args.threads is not None or args.workers == 0:
-        return args.threads
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus - args.workers)
 
 
 def _header(predictor, args: argparse.Namespace) -> dict:
@@ -231,17 +220,15 @@ class _Loaded:
     item: InputFile
     image: np.ndarray | None = None
     faces: dict | None = None  # Predictor._boxes_for's request: boxes, scores, source, calibration
-    crops: object = None  # Predictor.crop_request: the faces cut out for the model's first pass
     error: str | None = None
 
 
 class _ImageLoading:
-    """Decoding, face detection and cropping of the images, indexed by ``(position, boxes or error)``.
+    """Decoding and face detection of the images, indexed by ``(position, boxes or error)``.
 
     This is the work that runs in ``--workers`` processes (a torch DataLoader): the boxes are
     looked up in the main process (:class:`_BoxRequests`, so that the box file's bookkeeping stays
-    there), the image is read, the detector runs and the faces are cut out (uint8 crops, normalised
-    where the model runs) where the index is handed; the main process only runs the model.
+    there), the image is read and the detector runs where the index is handed.
     """
 
     def __init__(self, items: list[InputFile], predictor) -> None:
@@ -260,8 +247,7 @@ class _ImageLoading:
             return _Loaded(item, error=error)
         try:
             image = read_image_rgb(item.path)
-            faces = self.predictor._boxes_for(image, boxes)
-            return _Loaded(item, image, faces, self.predictor.crop_request(image, faces))
+            return _Loaded(item, image, self.predictor._boxes_for(image, boxes))
         except (OSError, ValueError, RuntimeError) as failure:
             return _Loaded(item, error=str(failure))
 
@@ -366,8 +352,7 @@ class _Run:
         if not group:
             return
         try:
-            results = self.predictor._predict_from_boxes([loaded.image for loaded in group], [loaded.faces for loaded in group],
-                                                         first_crops=[loaded.crops for loaded in group])
+            results = self.predictor._predict_from_boxes([loaded.image for loaded in group], [loaded.faces for loaded in group])
         except (ValueError, RuntimeError) as error:
             if len(group) == 1:
                 self.fail(str(group[0].item.path), str(error))

@@ -52,7 +52,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="faces per forward pass, gathered from as many images as needed (default 32)")
     parser.add_argument("--workers", type=int, default=0, help="processes that decode images and run the face detector while the model runs (default 0: in the main process)")
     parser.add_argument("--resume", action="store_true", help="add to the predictions already in --out, skipping the inputs it holds (e.g. after a stopped run); without it an --out holding predictions is an error")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the library's; with --workers N: the usable CPUs less N, at least 1)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: library default)")
     video = parser.add_argument_group("video")
     video.add_argument("--detect-every", type=int, default=10, help="run the face detector every N frames; in between, faces are tracked from the previous frame's landmarks (0: detect only at the start and when a track is lost; default 10)")
     video.add_argument("--max-faces", type=int, default=None, help="track at most this many faces per video (default: all)")
