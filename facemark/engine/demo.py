@@ -339,7 +339,7 @@ def run_demo(settings: DemoSettings | None = None) -> DemoResult:
     from facemark.data import load_dataset
     from facemark.engine.checkpoint import load_model
     from facemark.engine.distributed import resolve_device
-    from facemark.engine.evaluate import box_source_label, evaluate, predict_landmarks
+    from facemark.engine.evaluate import box_source_label, evaluate, load_predictions
     from facemark.metrics import EvaluationResults, compare_markdown, compare_table, nme, plot_ced
 
     settings = settings or DemoSettings()
@@ -402,10 +402,12 @@ def run_demo(settings: DemoSettings | None = None) -> DemoResult:
     # The first test faces of the split (a random sample of the generator): not cherry-picked.
     # Each face twice, side by side: SLPT's prediction, then SDFL's.
     shown = list(range(min(settings.grid_faces // 2, len(test))))
-    sdfl = loaded["sdfl"]
+    # SDFL's predictions as its evaluation wrote them (not computed a second time).
+    written = load_predictions(out_dir / "sdfl" / "eval_test" / "predictions.json")
+    by_identifier = dict(zip(written.identifiers, written.landmarks))
+    sdfl_predictions = np.stack([by_identifier[record.identifier] for record in test.records])
     compared = {"SLPT": (stages[-1], ordered[MODEL_NAMES["slpt"]]),
-                "SDFL": (predict_landmarks(sdfl.model, test.records, test.layout, sdfl.crop, device),
-                         ordered[MODEL_NAMES["sdfl"]])}
+                "SDFL": (sdfl_predictions, ordered[MODEL_NAMES["sdfl"]])}
     grid_records, grid_predictions, grid_nmes, grid_labels = [], [], [], []
     for index in shown:
         for label, (predictions, evaluation) in compared.items():
