@@ -274,3 +274,59 @@ def test_workers_do_not_hang_after_opencv_used_its_threads(tmp_path, model_file)
                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(batch.__file__).parents[2])})
     assert result.returncode == 0, result.stderr
     assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]) == 1
+
+
+def test_workers_cut_the_faces_out(tmp_path, model_file, monkeypatch):
+    # The crops of the first pass are made where the image is decoded: in the worker processes.
+    folder = _images(tmp_path / "photos", 4)
+    cropped_in = tmp_path / "cropped_in"
+    crop_request = Predictor.crop_request
+
+    def noted_crop_request(self, image, request):
+        with cropped_in.open("a") as file:
+            file.write(f"{os.getpid()}\n")
+        return crop_request(self, image, request)
+
+    monkeypatch.setattr(Predictor, "crop_request", noted_crop_request)
+    assert _predict([folder], model_file, tmp_path / "out", "--workers", "1") == 0
+    pids = cropped_in.read_text().split()
+    assert len(pids) == 4 and str(os.getpid()) not in pids
+    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]) == 4
+
+
+def test_a_worker_that_collects_an_inherited_onnx_session_does_not_hang(tmp_path, model_file):
+    # A forked worker inherits the parent's unreachable objects, but not its threads. An ONNX
+    # Runtime session left in a reference cycle, whose thread pool waits on a condition variable
+    # when the worker is forked, hangs the worker for good if the worker's garbage collector frees
+    # it (pthread_cond_destroy). Here every image the worker reads starts with a full collection;
+    # worker_init keeps inherited objects out of the collector's reach. In a subprocess, so that
+    # a hang fails the test instead of stopping CI.
+    folder = _images(tmp_path / "photos", 3)
+    script = (
+        "import gc, sys, time\n"
+        "import numpy as np, onnxruntime\n"
+        "from facemark.inference import batch\n"
+        "class Holder: pass\n"
+        "holder = Holder(); holder.itself = holder\n"
+        "options = onnxruntime.SessionOptions(); options.intra_op_num_threads = 2\n"
+        f"holder.session = onnxruntime.InferenceSession({model_file!r}, options, providers=['CPUExecutionProvider'])\n"
+        "name = holder.session.get_inputs()[0].name\n"
+        "holder.session.run(None, {name: np.zeros((64, 3, 32, 32), np.float32)})\n"
+        "gc.disable(); del holder  # garbage the parent has not collected\n"
+        "time.sleep(1.0)  # the session's pool threads now wait on their condition variable\n"
+        "read = batch._ImageLoading.__getitem__\n"
+        "def collect_then_read(self, request):\n"
+        "    gc.collect()\n"
+        "    return read(self, request)\n"
+        "batch._ImageLoading.__getitem__ = collect_then_read\n"
+        "from facemark.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", script, "predict", str(folder), "--weights", model_file, "--box", BOX,
+                             "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(batch.__file__).parents[2])})
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]) == 3

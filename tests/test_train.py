@@ -20,7 +20,7 @@ from facemark.data import load_dataset
 from facemark.data.transforms import CropConvention
 from facemark.engine.checkpoint import load_checkpoint
 from facemark.engine.config import ConfigError, load_config
-from facemark.engine.data import CropDataset, EpochSampler, carve_validation, training_shapes, worker_init
+from facemark.engine.data import CropDataset, EpochSampler, WorkerLoader, carve_validation, training_shapes, worker_init
 from facemark.engine.evaluate import evaluate, load_predictions, save_predictions, score
 from facemark.engine.train import TrainingDiverged, train
 
@@ -87,44 +87,50 @@ def test_augmented_samples_depend_on_seed_epoch_and_index_only(fixture_root):
     samples.set_epoch(0)
     # Loading through two worker processes gives the same batches as the main process.
     def batches(workers: int):
-        loader = torch.utils.data.DataLoader(samples, batch_size=3, num_workers=workers)
+        loader = WorkerLoader(samples, batch_size=3, num_workers=workers)
         return [batch["target"] for batch in loader]
     for a, b in zip(batches(0), batches(2)):
         assert torch.equal(a, b)
 
 
 @pytest.fixture
-def no_opencv_pool():
-    """OpenCV's thread pool does not survive fork (a forked loader worker that inherits a used pool
-    hangs in it, see facemark.inference.batch): none while these tests fork workers."""
+def opencv_pool_ran():
+    """This process's OpenCV thread pool has run (as after any OpenCV work with its default
+    threads): loader workers forked now inherit a pool whose threads they do not have."""
     import cv2
 
     threads = cv2.getNumThreads()
-    cv2.setNumThreads(0)
+    cv2.setNumThreads(2)
+    for _ in range(3):
+        cv2.GaussianBlur(np.zeros((1500, 1500, 3), np.uint8), (31, 31), 0)
     yield
     cv2.setNumThreads(threads)
 
 
-def ran_in_own_process(request) -> bool:
-    """Run the calling test in a pytest process of its own and return True (the caller returns),
-    or return False when this IS that process. Persistent loader workers were seen to wait forever
-    when their test ran after others in one process (docs/training.md, "Data loading")."""
-    import subprocess
-    import sys
+def test_forked_loader_workers_do_not_hang_after_the_opencv_pool_ran(fixture_root, tmp_path):
+    # Workers that reconfigure an inherited OpenCV pool hang (pthread_cond_destroy); those that
+    # use it hang too. WorkerLoader forks them with OpenCV's threads off. In a subprocess, so that
+    # a hang fails the test instead of stopping CI.
+    script = (
+        "import sys, cv2, numpy as np, torch\n"
+        "from facemark.data import load_dataset\n"
+        "from facemark.data.transforms import CropConvention\n"
+        "from facemark.engine.data import CropDataset, EpochSampler, WorkerLoader\n"
+        "cv2.setNumThreads(2)\n"
+        "for _ in range(3): cv2.GaussianBlur(np.zeros((1500, 1500, 3), np.uint8), (31, 31), 0)  # the pool runs\n"
+        "dataset = load_dataset('wflw', sys.argv[1], 'train')\n"
+        "samples = CropDataset(dataset.records, dataset.layout, CropConvention(size=64))\n"
+        "loader = WorkerLoader(samples, batch_size=2, sampler=EpochSampler(range(len(samples))), num_workers=2,\n"
+        "                      persistent_workers=True)\n"
+        "for epoch in range(2): assert sum(len(batch['image']) for batch in loader) == len(samples)\n"
+        "assert cv2.getNumThreads() == 2  # the main process's setting is back\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(fixture_root)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode == 0, result.stderr[-3000:]
 
-    if os.environ.get("FACEMARK_OWN_PROCESS_TEST") == request.node.nodeid:
-        return False
-    environment = dict(os.environ, FACEMARK_OWN_PROCESS_TEST=request.node.nodeid)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", request.node.nodeid],
-                            cwd=request.config.rootpath, env=environment, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "1 passed" in result.stdout, result.stdout[-2000:]
-    return True
 
-
-def test_persistent_workers_draw_each_epochs_augmentations(fixture_root, tmp_path, no_opencv_pool, request):
-    if ran_in_own_process(request):
-        return
+def test_persistent_workers_draw_each_epochs_augmentations(fixture_root, tmp_path, opencv_pool_ran):
     from facemark.data.transforms import slpt_augmentation
 
     dataset = load_dataset("wflw", fixture_root, "train")
@@ -135,10 +141,10 @@ def test_persistent_workers_draw_each_epochs_augmentations(fixture_root, tmp_pat
     def note_start(worker_id):
         with started.open("a") as file:
             file.write(f"{os.getpid()}\n")
-        worker_init(worker_id)  # one OpenCV thread: a pool inherited through fork would hang
+        worker_init(worker_id)
 
-    loader = torch.utils.data.DataLoader(samples, batch_size=2, sampler=sampler, num_workers=1, persistent_workers=True,
-                                         worker_init_fn=note_start)
+    loader = WorkerLoader(samples, batch_size=2, sampler=sampler, num_workers=1, persistent_workers=True,
+                          worker_init_fn=note_start)
     seen = {}
     for epoch in (0, 1):
         sampler.set_epoch(epoch)
@@ -151,21 +157,18 @@ def test_persistent_workers_draw_each_epochs_augmentations(fixture_root, tmp_pat
     del loader
 
 
-def test_training_workers_persist_and_train_as_without_workers(fixture_root, tmp_path, monkeypatch, no_opencv_pool,
-                                                              request):
-    if ran_in_own_process(request):
-        return
-    import facemark.engine.train as training
+def test_training_workers_persist_and_train_as_without_workers(fixture_root, tmp_path, monkeypatch, opencv_pool_ran):
+    import facemark.engine.data as engine_data
 
     started = tmp_path / "started"
-    worker_init = training.worker_init
 
     def note_start(worker_id):
-        with started.open("a") as file:
-            file.write(f"{os.getpid()}\n")
-        worker_init(worker_id)  # one OpenCV thread: a pool inherited through fork would hang
+        if torch.utils.data.get_worker_info().dataset.augmentation is not None:  # the training loader's
+            with started.open("a") as file:
+                file.write(f"{os.getpid()}\n")
+        worker_init(worker_id)
 
-    monkeypatch.setattr(training, "worker_init", note_start)
+    monkeypatch.setattr(engine_data, "worker_init", note_start)  # every loader's workers (validation's too)
     sgd = "optim.optimizer=sgd"  # see test_channels_last_training_trains_the_same_model
     with_workers = train(tiny_config(fixture_root, tmp_path / "workers", sgd, "optim.epochs=3", "data.workers=1",
                                      "data.persistent_workers=true"),

@@ -99,10 +99,8 @@ class DataConfig:
     crop: CropSettings = field(default_factory=CropSettings)
     workers: int = 2  # DataLoader worker processes (0 = load in the main process)
     # Keep the training loader's workers for the whole run (no process start and dataset copy per
-    # epoch; each epoch still draws new augmentations). Off by default: in a pytest process that
-    # had run other tests first, a persistent worker was seen waiting for indices the main process
-    # had sent (docs/training.md, "Data loading"); a fresh `facemark train` process was not affected.
-    persistent_workers: bool = False
+    # epoch; each epoch still draws new augmentations: docs/training.md, "Data loading").
+    persistent_workers: bool = True
     # "pdb": SDFL's pose-based data balancing (repeat rare poses; facemark.data.balancing).
     balancing: Literal["none", "pdb"] = "none"
     balancing_bins: int = 9

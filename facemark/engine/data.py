@@ -16,6 +16,7 @@ live for the whole run (``persistent_workers``) draw each epoch's augmentations 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -37,7 +38,8 @@ from facemark.engine.methods import TrainingShapes
 from facemark.layouts import Layout
 
 __all__ = ["CropDataset", "EpochSampler", "model_input", "carve_validation", "split_by_image", "config_splits",
-           "write_splits_file", "check_splits_file", "SPLITS_FILE", "listed_split", "training_shapes", "worker_init"]
+           "write_splits_file", "check_splits_file", "SPLITS_FILE", "listed_split", "training_shapes", "worker_init",
+           "opencv_threads_off", "WorkerLoader"]
 
 # The file in a run folder that lists the faces of each split (identifiers), so that evaluation
 # of the run's checkpoints can check it scores the same test faces.
@@ -276,8 +278,59 @@ def training_shapes(dataset: LandmarkDataset, crop: CropConvention) -> TrainingS
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader worker set-up: one thread each (workers already run in parallel)."""
+    """Set-up of a forked loader worker: one torch thread (the workers already run in parallel),
+    and nothing inherited from the parent is ever garbage-collected here.
+
+    A forked worker holds a copy of every object of the parent, including unreachable ones that
+    the parent's cyclic garbage collector has not reached yet, but none of the parent's threads.
+    Freeing such an object in the worker can hang it for good: an ONNX Runtime session whose
+    thread pool waited on a condition variable at fork time blocks in ``pthread_cond_destroy``
+    (tests/test_batch_predict.py shows it). ``gc.freeze`` moves everything inherited out of the
+    collector's reach; the worker's own objects are collected as usual.
+
+    OpenCV is not touched here: :class:`WorkerLoader` forks the workers with OpenCV's threads
+    off (see :func:`opencv_threads_off`), so they run OpenCV on their own thread, and calling
+    ``cv2.setNumThreads`` in a worker would rebuild an inherited pool and hang the same way.
+    """
+    import gc
+
+    gc.freeze()
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def opencv_threads_off():
+    """OpenCV without its thread pool (``cv2.setNumThreads(0)``) in this process for the block,
+    its previous setting restored after.
+
+    A process forked in the block inherits the setting and runs OpenCV on its own thread, never
+    touching the pool it inherited: the pool's threads do not exist in a forked process, and a
+    forked process that uses or reconfigures that pool hangs (in ``pthread_cond_destroy`` when it
+    is rebuilt; tests/test_batch_predict.py and tests/test_train.py fork after the pool ran).
+    """
     import cv2
 
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
+class WorkerLoader(torch.utils.data.DataLoader):
+    """A torch ``DataLoader`` whose worker processes are started safely after fork: with
+    OpenCV's threads off while they are forked (:func:`opencv_threads_off`) and
+    :func:`worker_init` as their set-up unless another ``worker_init_fn`` is given. Every loader
+    of facemark that may have workers is one."""
+
+    def __init__(self, dataset, **options) -> None:
+        options.setdefault("worker_init_fn", worker_init)
+        super().__init__(dataset, **options)
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        # The workers are forked here: when iteration starts (persistent workers: the first time).
+        with opencv_threads_off():
+            return super().__iter__()

@@ -156,7 +156,7 @@ def measure_seconds_per_image(config, device, steps: int) -> float:
 
     from facemark.data import load_dataset
     from facemark.data.transforms import CropConvention
-    from facemark.engine.data import CropDataset, model_input, training_shapes, worker_init
+    from facemark.engine.data import CropDataset, WorkerLoader, model_input, training_shapes
     from facemark.engine.methods import METHODS, compute_method_statistics, get_method
     from facemark.engine.train import _augmentation, build_optimizer
 
@@ -176,9 +176,8 @@ def measure_seconds_per_image(config, device, steps: int) -> float:
     loss_function = method.build_loss(layout, statistics, crop.size, **config.loss.options)
     optimizer = build_optimizer(model.parameters(), config)
     data = CropDataset(dataset.records[:count], layout, crop, _augmentation(config), seed=config.runtime.seed)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, drop_last=True,
-                                         num_workers=config.data.workers, worker_init_fn=worker_init,
-                                         pin_memory=device.type == "cuda")
+    loader = WorkerLoader(data, batch_size=batch_size, shuffle=False, drop_last=True, num_workers=config.data.workers,
+                          pin_memory=device.type == "cuda")
     use_amp = config.runtime.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step_seconds = []  # per image, of each timed step
@@ -277,10 +276,9 @@ def stage_predictions(model, records, layout, crop, device, batch_size: int = 32
     import torch
 
     from facemark.data.transforms import crop_to_image
-    from facemark.engine.data import CropDataset, model_input, worker_init
+    from facemark.engine.data import CropDataset, WorkerLoader, model_input
 
-    loader = torch.utils.data.DataLoader(CropDataset(records, layout, crop), batch_size=batch_size, shuffle=False,
-                                         num_workers=workers, worker_init_fn=worker_init)
+    loader = WorkerLoader(CropDataset(records, layout, crop), batch_size=batch_size, shuffle=False, num_workers=workers)
     stages = None
     was_training = model.training
     model.eval()

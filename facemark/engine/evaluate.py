@@ -27,7 +27,7 @@ from torch import nn
 
 from facemark.data.records import FaceRecord, LandmarkDataset
 from facemark.data.transforms import CropConvention, crop_to_image
-from facemark.engine.data import CropDataset, model_input, worker_init
+from facemark.engine.data import CropDataset, WorkerLoader, model_input
 from facemark.layouts import Layout
 from facemark.metrics import EvaluationResults, plot_ced
 
@@ -60,8 +60,8 @@ def predict_landmarks(model: nn.Module, records: Sequence[FaceRecord], layout: L
     from tqdm.auto import tqdm
 
     dataset = CropDataset(records, layout, crop)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=worker_init,
+    loader = WorkerLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
         generator=torch.Generator().manual_seed(0),  # never draw from the global RNG
     )

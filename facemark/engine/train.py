@@ -53,11 +53,11 @@ from facemark.engine.data import (
     SPLITS_FILE,
     CropDataset,
     EpochSampler,
+    WorkerLoader,
     carve_validation,
     config_splits,
     model_input,
     training_shapes,
-    worker_init,
     write_splits_file,
 )
 from facemark.engine.distributed import agree_on_minimum, broadcast_flag, cleanup_distributed, init_distributed
@@ -567,9 +567,9 @@ def _build_loader(run: _Run) -> None:
     # 192 KiB = 24 MiB per worker at 256 px, absorb a slow batch (a large image, a busy core).
     workers = ({"prefetch_factor": TRAIN_PREFETCH_FACTOR, "persistent_workers": data.persistent_workers}
                if data.workers > 0 else {})
-    run.loader = torch.utils.data.DataLoader(
+    run.loader = WorkerLoader(
         run.train_data, batch_size=batch_size, sampler=EpochSampler(run.sampler), num_workers=data.workers,
-        drop_last=True, worker_init_fn=worker_init, pin_memory=context.device.type == "cuda",
+        drop_last=True, pin_memory=context.device.type == "cuda",
         generator=torch.Generator().manual_seed(config.runtime.seed),  # loaders never draw from the global RNG
         **workers,
     )

@@ -220,15 +220,17 @@ class _Loaded:
     item: InputFile
     image: np.ndarray | None = None
     faces: dict | None = None  # Predictor._boxes_for's request: boxes, scores, source, calibration
+    crops: object = None  # Predictor.crop_request: the faces cut out for the model's first pass
     error: str | None = None
 
 
 class _ImageLoading:
-    """Decoding and face detection of the images, indexed by ``(position, boxes or error)``.
+    """Decoding, face detection and cropping of the images, indexed by ``(position, boxes or error)``.
 
     This is the work that runs in ``--workers`` processes (a torch DataLoader): the boxes are
     looked up in the main process (:class:`_BoxRequests`, so that the box file's bookkeeping stays
-    there), the image is read and the detector runs where the index is handed.
+    there), the image is read, the detector runs and the faces are cut out (uint8 crops, normalised
+    where the model runs) where the index is handed; the main process only runs the model.
     """
 
     def __init__(self, items: list[InputFile], predictor) -> None:
@@ -247,7 +249,8 @@ class _ImageLoading:
             return _Loaded(item, error=error)
         try:
             image = read_image_rgb(item.path)
-            return _Loaded(item, image, self.predictor._boxes_for(image, boxes))
+            faces = self.predictor._boxes_for(image, boxes)
+            return _Loaded(item, image, faces, self.predictor.crop_request(image, faces))
         except (OSError, ValueError, RuntimeError) as failure:
             return _Loaded(item, error=str(failure))
 
@@ -291,19 +294,13 @@ def _loaded_images(items: list[InputFile], predictor, boxes_for, workers: int):
 
 
 def _from_workers(dataset: _ImageLoading, requests: _BoxRequests, workers: int):
-    import cv2
-    from torch.utils.data import DataLoader
+    from facemark.engine.data import WorkerLoader
 
-    # OpenCV's thread pool does not survive fork: a worker that inherits one hangs the first
-    # time it touches it. Without a pool (0 threads) while the workers live, there is none to
-    # inherit. (The DataLoader sets torch's threads to 1 in each worker itself.)
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(0)
-    try:
-        yield from DataLoader(dataset, batch_size=None, sampler=requests, num_workers=workers, collate_fn=_as_is,
-                              multiprocessing_context="fork", prefetch_factor=4)
-    finally:
-        cv2.setNumThreads(threads)
+    # WorkerLoader forks the workers with OpenCV's thread pool off (a worker that inherits a used
+    # pool hangs in it), and keeps the workers' garbage collector off everything they inherited
+    # (the predictor's ONNX Runtime session among it).
+    yield from WorkerLoader(dataset, batch_size=None, sampler=requests, num_workers=workers, collate_fn=_as_is,
+                            multiprocessing_context="fork", prefetch_factor=4)
 
 
 class _Run:
@@ -352,7 +349,8 @@ class _Run:
         if not group:
             return
         try:
-            results = self.predictor._predict_from_boxes([loaded.image for loaded in group], [loaded.faces for loaded in group])
+            results = self.predictor._predict_from_boxes([loaded.image for loaded in group], [loaded.faces for loaded in group],
+                                                         first_crops=[loaded.crops for loaded in group])
         except (ValueError, RuntimeError) as error:
             if len(group) == 1:
                 self.fail(str(group[0].item.path), str(error))

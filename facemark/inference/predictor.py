@@ -107,6 +107,21 @@ class FaceLandmarks:
         }
 
 
+@dataclass
+class FaceCrops:
+    """Faces cut out for the model: ``crops`` (n, 3, S, S) uint8 RGB, ``matrices`` (n, 2, 3)
+    original -> crop, ``crop_boxes`` (n, 4) the crop squares in the original image."""
+
+    crops: torch.Tensor
+    matrices: np.ndarray
+    crop_boxes: np.ndarray
+
+    @staticmethod
+    def concatenate(parts: Sequence["FaceCrops"]) -> "FaceCrops":
+        return FaceCrops(torch.cat([part.crops for part in parts]), np.concatenate([part.matrices for part in parts]),
+                         np.concatenate([part.crop_boxes for part in parts]))
+
+
 # ------------------------------------------------------------------------------------------------
 # Loading weights: a "bundle" = something that maps a batch of crops to normalised landmarks,
 # plus the layout and the crop convention it needs.
@@ -520,19 +535,22 @@ class Predictor:
         """The model's ``(..., N, 2)`` landmarks in the output layout (68 points when asked)."""
         return landmarks if self.output_layout is self.layout else wflw98_to_300w68(landmarks)
 
-    def _predict_from_boxes(self, images: list[np.ndarray], requests: list[dict], convert_layout: bool = True) -> list[list[FaceLandmarks]]:
+    def _predict_from_boxes(self, images: list[np.ndarray], requests: list[dict], convert_layout: bool = True,
+                            first_crops: list[FaceCrops] | None = None) -> list[list[FaceLandmarks]]:
         """Faces from per-image requests ``{"boxes", "scores", "source", "calibration"}``.
-        ``convert_layout=False`` returns the model's own points (the video tracker needs them)."""
+        ``convert_layout=False`` returns the model's own points (the video tracker needs them).
+        ``first_crops``: each image's :meth:`crop_request` when already made (by a worker process)."""
         owners = [i for i, request in enumerate(requests) for _ in range(len(request["boxes"]))]
         if not owners:
             return [[] for _ in images]
-        model_boxes = np.concatenate([r["calibration"].apply(r["boxes"]) for r in requests if len(r["boxes"])])
-        landmarks, crop_boxes = self._landmarks(images, owners, model_boxes)
+        if first_crops is None:
+            first_crops = [self.crop_request(image, request) for image, request in zip(images, requests)]
+        landmarks, crop_boxes = self._landmarks(FaceCrops.concatenate(first_crops))
         for _ in range(self.passes - 1):
             if self.crop.box_source != "landmarks":
                 break  # re-cropping from landmarks is the training crop only for landmark-box models
             model_boxes = np.array([landmark_box(points) for points in landmarks])
-            landmarks, crop_boxes = self._landmarks(images, owners, model_boxes)
+            landmarks, crop_boxes = self._landmarks(self._crop_faces([images[owner] for owner in owners], model_boxes))
         layout = self.layout
         if convert_layout:
             landmarks, layout = self.convert_layout(landmarks), self.output_layout
@@ -542,20 +560,33 @@ class Predictor:
             results[owner].append(FaceLandmarks(landmarks[face], layout, np.asarray(box, dtype=np.float64), crop_boxes[face], score, source))
         return results
 
-    def _landmarks(self, images: list[np.ndarray], owners: list[int], model_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Crop each face from its box (in the model's box source), run the model, map back."""
+    def crop_request(self, image: np.ndarray, request: dict) -> FaceCrops:
+        """The model's crops of one image's faces (a :meth:`_boxes_for` request), before the model:
+        the part of a prediction that a worker process can do."""
+        if not len(request["boxes"]):
+            return self._crop_faces([], np.zeros((0, 4)))
+        return self._crop_faces([image] * len(request["boxes"]), request["calibration"].apply(request["boxes"]))
+
+    def _crop_faces(self, images: list[np.ndarray], model_boxes: np.ndarray) -> FaceCrops:
+        """Face ``i``'s crop from ``images[i]`` around ``model_boxes[i]`` (in the model's box source)."""
         size = self.crop.size
         matrices, crop_boxes, crops = [], [], []
-        for owner, box in zip(owners, model_boxes):
+        for image, box in zip(images, model_boxes):
             crop_box = square_box(box, self.crop.enlarge, where=f"face box {np.round(box, 2).tolist()}")
             matrix = crop_matrix(crop_box, size)
-            crops.append(crop_to_tensor(warp_image(images[owner], matrix, size)))
+            crops.append(crop_to_tensor(warp_image(image, matrix, size)))
             matrices.append(matrix)
             crop_boxes.append(np.asarray(crop_box.corners()))
-        crops = torch.stack(crops)  # uint8: normalised where the model runs (ModelBundle.run_crops)
-        normalised = np.concatenate([self.bundle.run_crops(crops[start : start + self.batch_size])
-                                     for start in range(0, len(crops), self.batch_size)])
+        if not crops:
+            return FaceCrops(torch.zeros((0, 3, size, size), dtype=torch.uint8), np.zeros((0, 2, 3)), np.zeros((0, 4)))
+        return FaceCrops(torch.stack(crops), np.stack(matrices), np.stack(crop_boxes))
+
+    def _landmarks(self, faces: FaceCrops) -> tuple[np.ndarray, np.ndarray]:
+        """Run the model on the crops (uint8: normalised where the model runs, ModelBundle.run_crops)
+        and map the landmarks back to the original images."""
+        normalised = np.concatenate([self.bundle.run_crops(faces.crops[start : start + self.batch_size])
+                                     for start in range(0, len(faces.crops), self.batch_size)])
         if normalised.shape[1:] != (self.layout.num_points, 2):
             raise RuntimeError(f"Predictor: the model returned shape {normalised.shape}, expected (B, {self.layout.num_points}, 2)")
-        landmarks = crop_to_image(denormalise_landmarks(normalised, size), np.stack(matrices))
-        return landmarks, np.stack(crop_boxes)
+        landmarks = crop_to_image(denormalise_landmarks(normalised, self.crop.size), faces.matrices)
+        return landmarks, faces.crop_boxes
