@@ -298,27 +298,24 @@ def test_a_worker_that_collects_an_inherited_onnx_session_does_not_hang(tmp_path
     # A forked worker inherits the parent's unreachable objects, but not its threads. An ONNX
     # Runtime session left in a reference cycle, whose thread pool waits on a condition variable
     # when the worker is forked, hangs the worker for good if the worker's garbage collector frees
-    # it (pthread_cond_destroy). Here every image the worker reads starts with a full collection;
-    # worker_init keeps inherited objects out of the collector's reach. In a subprocess, so that
-    # a hang fails the test instead of stopping CI.
+    # it (pthread_cond_destroy). In CI that collection came at the worker's very start (torch's
+    # worker loop seeding its generators), before any worker_init_fn; here every forked process
+    # runs a full collection first thing (os.register_at_fork). WorkerLoader forks with all
+    # objects frozen (facemark.engine.data.fork_safely). In a subprocess, so that a hang fails the
+    # test instead of stopping CI.
     folder = _images(tmp_path / "photos", 3)
     script = (
-        "import gc, sys, time\n"
+        "import gc, os, sys, time\n"
         "import numpy as np, onnxruntime\n"
-        "from facemark.inference import batch\n"
         "class Holder: pass\n"
         "holder = Holder(); holder.itself = holder\n"
         "options = onnxruntime.SessionOptions(); options.intra_op_num_threads = 2\n"
         f"holder.session = onnxruntime.InferenceSession({model_file!r}, options, providers=['CPUExecutionProvider'])\n"
         "name = holder.session.get_inputs()[0].name\n"
         "holder.session.run(None, {name: np.zeros((64, 3, 32, 32), np.float32)})\n"
-        "gc.disable(); del holder  # garbage the parent has not collected\n"
+        "gc.disable(); del holder  # garbage this process has not collected\n"
         "time.sleep(1.0)  # the session's pool threads now wait on their condition variable\n"
-        "read = batch._ImageLoading.__getitem__\n"
-        "def collect_then_read(self, request):\n"
-        "    gc.collect()\n"
-        "    return read(self, request)\n"
-        "batch._ImageLoading.__getitem__ = collect_then_read\n"
+        "os.register_at_fork(after_in_child=gc.collect)\n"
         "from facemark.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )

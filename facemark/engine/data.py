@@ -39,7 +39,7 @@ from facemark.layouts import Layout
 
 __all__ = ["CropDataset", "EpochSampler", "model_input", "carve_validation", "split_by_image", "config_splits",
            "write_splits_file", "check_splits_file", "SPLITS_FILE", "listed_split", "training_shapes", "worker_init",
-           "opencv_threads_off", "WorkerLoader"]
+           "fork_safely", "WorkerLoader"]
 
 # The file in a run folder that lists the faces of each split (identifiers), so that evaluation
 # of the run's checkpoints can check it scores the same test faces.
@@ -278,51 +278,51 @@ def training_shapes(dataset: LandmarkDataset, crop: CropConvention) -> TrainingS
 
 
 def worker_init(worker_id: int) -> None:
-    """Set-up of a forked loader worker: one torch thread (the workers already run in parallel),
-    and nothing inherited from the parent is ever garbage-collected here.
-
-    A forked worker holds a copy of every object of the parent, including unreachable ones that
-    the parent's cyclic garbage collector has not reached yet, but none of the parent's threads.
-    Freeing such an object in the worker can hang it for good: an ONNX Runtime session whose
-    thread pool waited on a condition variable at fork time blocks in ``pthread_cond_destroy``
-    (tests/test_batch_predict.py shows it). ``gc.freeze`` moves everything inherited out of the
-    collector's reach; the worker's own objects are collected as usual.
+    """Set-up of a loader worker: one torch thread (the workers already run in parallel).
 
     OpenCV is not touched here: :class:`WorkerLoader` forks the workers with OpenCV's threads
-    off (see :func:`opencv_threads_off`), so they run OpenCV on their own thread, and calling
-    ``cv2.setNumThreads`` in a worker would rebuild an inherited pool and hang the same way.
+    off (see :func:`fork_safely`), so they run OpenCV on their own thread, and calling
+    ``cv2.setNumThreads`` in a worker would rebuild an inherited pool and hang.
     """
-    import gc
-
-    gc.freeze()
     torch.set_num_threads(1)
 
 
 @contextmanager
-def opencv_threads_off():
-    """OpenCV without its thread pool (``cv2.setNumThreads(0)``) in this process for the block,
-    its previous setting restored after.
+def fork_safely():
+    """For the block, processes forked from this one never touch what they inherit but cannot
+    use: OpenCV's thread pool and objects awaiting garbage collection. Both are restored after.
 
-    A process forked in the block inherits the setting and runs OpenCV on its own thread, never
-    touching the pool it inherited: the pool's threads do not exist in a forked process, and a
-    forked process that uses or reconfigures that pool hangs (in ``pthread_cond_destroy`` when it
-    is rebuilt; tests/test_batch_predict.py and tests/test_train.py fork after the pool ran).
+    A forked process has a copy of the parent's memory but none of its threads:
+    - OpenCV runs without its pool (``cv2.setNumThreads(0)``) during the block, so a child runs
+      OpenCV on its own thread. A child that used or rebuilt the inherited pool hung for good
+      (in ``pthread_cond_destroy``; tests/test_train.py forks after the pool ran).
+    - Everything that exists is frozen (``gc.freeze``) while the children are forked and unfrozen
+      in this process after, so a child's garbage collector never frees an inherited object,
+      such as an ONNX Runtime session left unreachable here but not collected yet: freeing it
+      in the child waits forever for its thread pool (``pthread_cond_destroy``; seen at the
+      very start of a worker, when torch's worker loop seeds its generators, before any
+      ``worker_init_fn``; tests/test_batch_predict.py). This process collects it as usual.
     """
+    import gc
+
     import cv2
 
     threads = cv2.getNumThreads()
+    frozen_before = gc.get_freeze_count() > 0  # someone else froze objects: leave them so
     cv2.setNumThreads(0)
+    gc.freeze()
     try:
         yield
     finally:
+        if not frozen_before:
+            gc.unfreeze()
         cv2.setNumThreads(threads)
 
 
 class WorkerLoader(torch.utils.data.DataLoader):
-    """A torch ``DataLoader`` whose worker processes are started safely after fork: with
-    OpenCV's threads off while they are forked (:func:`opencv_threads_off`) and
-    :func:`worker_init` as their set-up unless another ``worker_init_fn`` is given. Every loader
-    of facemark that may have workers is one."""
+    """A torch ``DataLoader`` whose worker processes are forked safely (:func:`fork_safely`),
+    with :func:`worker_init` as their set-up unless another ``worker_init_fn`` is given. Every
+    loader of facemark that may have workers is one."""
 
     def __init__(self, dataset, **options) -> None:
         options.setdefault("worker_init_fn", worker_init)
@@ -332,5 +332,5 @@ class WorkerLoader(torch.utils.data.DataLoader):
         if self.num_workers == 0:
             return super().__iter__()
         # The workers are forked here: when iteration starts (persistent workers: the first time).
-        with opencv_threads_off():
+        with fork_safely():
             return super().__iter__()
