@@ -70,6 +70,21 @@ def _predict(inputs, model_file, out, *options) -> int:
     return run_predict(_args(*map(str, inputs), "--weights", model_file, "--box", BOX, "--out", str(out), *options))
 
 
+def _predict_in_subprocess(prelude: str, folder: Path, model_file: str, out: Path, workers: int) -> dict:
+    """``facemark predict`` with ``--workers`` in a fresh Python process after ``prelude`` (code
+    that sets up a hazard for forked workers), so that a hang fails the test (timeout) instead of
+    stopping CI; returns predictions.json."""
+    import subprocess
+    import sys
+
+    script = prelude + "from facemark.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    result = subprocess.run([sys.executable, "-c", script, "predict", str(folder), "--weights", model_file, "--box", BOX,
+                             "--out", str(out), "--workers", str(workers), "--no-progress"],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(batch.__file__).parents[2])})
+    assert result.returncode == 0, result.stderr
+    return json.loads((out / "predictions.json").read_text())
+
+
 def test_streamed_output_equals_the_all_at_end_document(tmp_path, model_file):
     folder = _images(tmp_path / "photos", 5)
     out = tmp_path / "out"
@@ -259,21 +274,12 @@ def test_workers_do_not_hang_after_opencv_used_its_threads(tmp_path, model_file)
     folder = tmp_path / "photos"
     folder.mkdir()
     cv2.imwrite(str(folder / "large.png"), np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8))
-    script = (
+    prelude = (
         "import sys, cv2, numpy as np\n"
         "cv2.setNumThreads(2)\n"
         "for _ in range(5): cv2.GaussianBlur(np.zeros((2000, 2000, 3), np.uint8), (31, 31), 0)\n"  # the pool runs
-        "from facemark.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
     )
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-c", script, "predict", str(folder), "--weights", model_file, "--box", BOX,
-                             "--out", str(tmp_path / "out"), "--workers", "2", "--no-progress"],
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(batch.__file__).parents[2])})
-    assert result.returncode == 0, result.stderr
-    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]) == 1
+    assert len(_predict_in_subprocess(prelude, folder, model_file, tmp_path / "out", workers=2)["images"]) == 1
 
 
 def test_workers_cut_the_faces_out(tmp_path, model_file, monkeypatch):
@@ -304,7 +310,7 @@ def test_a_worker_that_collects_an_inherited_onnx_session_does_not_hang(tmp_path
     # objects frozen (facemark.engine.data.fork_safely). In a subprocess, so that a hang fails the
     # test instead of stopping CI.
     folder = _images(tmp_path / "photos", 3)
-    script = (
+    prelude = (
         "import gc, os, sys, time\n"
         "import numpy as np, onnxruntime\n"
         "class Holder: pass\n"
@@ -316,14 +322,5 @@ def test_a_worker_that_collects_an_inherited_onnx_session_does_not_hang(tmp_path
         "gc.disable(); del holder  # garbage this process has not collected\n"
         "time.sleep(1.0)  # the session's pool threads now wait on their condition variable\n"
         "os.register_at_fork(after_in_child=gc.collect)\n"
-        "from facemark.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
     )
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-c", script, "predict", str(folder), "--weights", model_file, "--box", BOX,
-                             "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"],
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(batch.__file__).parents[2])})
-    assert result.returncode == 0, result.stderr
-    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]) == 3
+    assert len(_predict_in_subprocess(prelude, folder, model_file, tmp_path / "out", workers=1)["images"]) == 3
