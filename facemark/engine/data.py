@@ -298,7 +298,7 @@ def fork_safely():
       (in ``pthread_cond_destroy``; tests/test_train.py forks after the pool ran).
     - Everything that exists is frozen (``gc.freeze``) while the children are forked and unfrozen
       in this process after, so a child's garbage collector never frees an inherited object,
-      such as an ONNX Runtime session left unreachable here but not collected yet: freeing it
+      such as an ONNX Runtime ``InferenceSession`` left unreachable here but not collected yet: freeing it
       in the child waits forever for its thread pool (``pthread_cond_destroy``; seen at the
       very start of a worker, when torch's worker loop seeds its generators, before any
       ``worker_init_fn``; tests/test_batch_predict.py). This process collects it as usual.

@@ -296,9 +296,7 @@ def _loaded_images(items: list[InputFile], predictor, boxes_for, workers: int):
 def _from_workers(dataset: _ImageLoading, requests: _BoxRequests, workers: int):
     from facemark.engine.data import WorkerLoader
 
-    # WorkerLoader forks the workers with OpenCV's thread pool off (a worker that inherits a used
-    # pool hangs in it), and keeps the workers' garbage collector off everything they inherited
-    # (the predictor's ONNX Runtime session among it).
+    # WorkerLoader forks the workers safely (facemark.engine.data.fork_safely).
     yield from WorkerLoader(dataset, batch_size=None, sampler=requests, num_workers=workers, collate_fn=_as_is,
                             multiprocessing_context="fork", prefetch_factor=4)
 

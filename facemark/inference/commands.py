@@ -50,7 +50,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=int, choices=(68,), default=None, help="68: return 300W 68-point landmarks from a 98-point WFLW model")
     parser.add_argument("--passes", type=int, default=1, help="crops per face; 2 re-crops around the first pass's landmarks (the training crop), removing detector-box error (default 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="faces per forward pass, gathered from as many images as needed (default 32)")
-    parser.add_argument("--workers", type=int, default=0, help="processes that decode images and run the face detector while the model runs (default 0: in the main process)")
+    parser.add_argument("--workers", type=int, default=0, help="processes that decode images, run the face detector and cut the faces out while the model runs (default 0: in the main process)")
     parser.add_argument("--resume", action="store_true", help="add to the predictions already in --out, skipping the inputs it holds (e.g. after a stopped run); without it an --out holding predictions is an error")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: library default)")
     video = parser.add_argument_group("video")
